@@ -1,0 +1,5 @@
+import sys
+
+from derm.cli import main
+
+sys.exit(main())

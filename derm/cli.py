@@ -1,0 +1,233 @@
+"""`python -m derm ...`: train, evaluate, predict, segment, export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from derm import runs
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier or the segmenter on HAM10000",
+                       description="Train on the lesion-grouped train split; each run writes runs/<id>/.")
+    p.add_argument("task", choices=["classifier", "segmenter"])
+    p.add_argument("--arch", choices=["resnet18", "resnet50"], help="classifier architecture (default resnet18)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--height", type=int, help="input height in pixels (classifier default 150)")
+    p.add_argument("--width", type=int, help="input width in pixels (classifier default 200)")
+    p.add_argument("--sampling", choices=["natural", "sqrt", "balanced", "reference"])
+    p.add_argument("--augment", help="augmentation policy: full, reference, geometric, flips, none")
+    p.add_argument("--epoch-samples", type=int, help="images per epoch (default: the train split's size)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--unet-width", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="use at most N images per split (quick checks)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--data", help="HAM10000 folder (default: $DERM_DATA, see README)")
+    p.add_argument("--split", help="split.csv to use or create (default weights/split.csv)")
+    p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
+    p.add_argument("--run-dir", help="write into this run folder (made by a launcher)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from its last.pt")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from derm.train import TrainConfig, train
+
+    if args.runs:
+        import os
+        os.environ[runs.RUNS_ENV] = args.runs
+    if args.resume:
+        run_dir = train(None, Path(args.resume), resume=True)  # type: ignore[arg-type]
+    else:
+        config = TrainConfig.for_task(
+            args.task, args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, height=args.height, width=args.width, sampling=args.sampling,
+            augment=args.augment, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
+            precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
+            limit=args.limit, threads=args.threads, data=args.data, split=args.split)
+        try:
+            config.validate()
+        except ValueError as exc:
+            print(f"derm train: {exc}", file=sys.stderr)
+            return 2
+        run_dir = train(config, Path(args.run_dir) if args.run_dir else None)
+    status = runs.read_status(run_dir)
+    print(f"run {run_dir}: {status.get('state')}, best epoch {status.get('best_epoch')}")
+    return 0 if status.get("state") in ("finished", "stopped") else 1
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a run's best checkpoint on the test split",
+                       description="Writes runs/<id>/eval/metrics.json and predictions.csv.")
+    p.add_argument("--run", required=True, help="run folder, e.g. runs/20261126-020412-resnet18")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--limit", type=int, default=0, help="score at most N images (quick checks)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from derm.evaluate import evaluate_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "best.pt").is_file():
+        print(f"derm evaluate: {run_dir} has no best.pt (has the run finished an epoch?)", file=sys.stderr)
+        return 2
+    report = evaluate_run(run_dir, args.split, args.limit)
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "dice", "iou", "thresholded_jaccard")
+    print(" ".join(f"{k}={report[k]:.4f}" for k in keys if report.get(k) is not None))
+    print(f"wrote {run_dir / 'eval' / 'metrics.json'} and predictions.csv")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="build weights/ from finished runs (fp16 safetensors + evaluation)",
+                       description="Chooses TTA, temperatures, routing and thresholds on validation, "
+                                   "then scores val and test once with the shipped code.")
+    p.add_argument("--resnet18", required=True, help="run folder of the ResNet18 (answers frequent classes)")
+    p.add_argument("--resnet50", help="run folder of the ResNet50 (answers rare classes)")
+    p.add_argument("--unet", help="run folder of the U-Net")
+    p.add_argument("--out", default="weights")
+    p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from derm.export import export
+
+    classifier_runs = {"resnet18": Path(args.resnet18)}
+    if args.resnet50:
+        classifier_runs["resnet50"] = Path(args.resnet50)
+    metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit)
+    for split in ("val", "test"):
+        for name, rep in metrics["classifiers"][split].items():
+            print(f"{split:5s} {name:9s} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "
+                  f"macro_f1={rep['macro_f1']:.3f} macro_auc={rep['macro_auc']:.3f}")
+        if "segmenter" in metrics:
+            seg = metrics["segmenter"][split]
+            print(f"{split:5s} unet      dice={seg['dice']:.3f} iou={seg['iou']:.3f}")
+    return 0
+
+
+def _add_image_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG, BMP, TIFF, WebP)")
+    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="class probabilities for images",
+                       description="Prints one row per image: a probability per class and the label.")
+    _add_image_inputs(p)
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="lesion masks for images",
+                       description="Writes DIR/<stem>_mask.png (0/255) at each image's own size.")
+    _add_image_inputs(p)
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.set_defaults(func=cmd_segment)
+
+
+def _load_predictor(weights: str | None):
+    from derm.pipeline import Predictor
+    from derm.weights import WeightsNotFoundError
+
+    try:
+        return Predictor(weights)
+    except (WeightsNotFoundError, ValueError, KeyError) as exc:
+        print(f"derm: cannot load weights: {exc}", file=sys.stderr)
+        return None
+
+
+def _images(paths: list[str]):
+    """(path, rgb) for each readable image; one line on stderr for each that is not."""
+    from derm.imageio import ImageError, load_image
+
+    for path in paths:
+        try:
+            yield path, load_image(path)
+        except ImageError as exc:
+            print(f"derm: {exc}", file=sys.stderr)
+            yield path, None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from derm.classes import CLASSES
+
+    predictor = _load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    failed, rows = 0, []
+    for path, rgb in _progress(_images(args.paths), len(args.paths), "predict"):
+        if rgb is None:
+            failed += 1
+            continue
+        combined, _ = predictor.classify([rgb])
+        row = {"path": path, **{c: round(float(combined[0, i]), 6) for i, c in enumerate(CLASSES)},
+               "label": CLASSES[int(combined[0].argmax())]}
+        rows.append(row)
+        if args.format == "csv":
+            if len(rows) == 1:
+                print(",".join(row))
+            print(",".join(_csv_cell(v) for v in row.values()), flush=True)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    return 1 if failed else 0
+
+
+def _csv_cell(value) -> str:
+    text = str(value)
+    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    import cv2
+
+    predictor = _load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path, rgb in _progress(_images(args.paths), len(args.paths), "segment"):
+        if rgb is None:
+            failed += 1
+            continue
+        mask = predictor.segment(rgb)
+        target = out / f"{Path(path).stem}_mask.png"
+        cv2.imwrite(str(target), mask.astype("uint8") * 255)
+        print(target, flush=True)
+    return 1 if failed else 0
+
+
+def _progress(items, total: int, desc: str):
+    """A progress bar with ETA on stderr when there is more than a handful of images."""
+    if total < 5:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)

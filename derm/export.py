@@ -1,0 +1,217 @@
+"""Build weights/ from three finished runs: fp16 safetensors, the manifest, and the shipped evaluation.
+
+Every choice (TTA on/off, temperatures, ensemble routing, prior correction, U-Net threshold, the
+out-of-distribution threshold) is made on the validation split. The test split is scored once, at the
+end, with the exact Predictor code the app and CLI use, loaded back from the fp16 files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+
+from derm import data, runs
+from derm.classes import CLASSES
+from derm.evaluate import (classifier_probabilities, full_resolution_scores, load_checkpoint_model,
+                           predictions_frame, segmenter_probabilities, split_table)
+from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
+from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
+from derm.weights import save_state_fp16
+
+FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
+PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=data.REPO_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def training_record(run_dir: Path, config: dict) -> dict:
+    metrics = runs.read_metrics(run_dir)
+    return {"run": run_dir.name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
+            "seconds": round(sum(m["seconds"] for m in metrics), 1),
+            "command": command_for(config), "code_version": config.get("code_version") or code_version()}
+
+
+def command_for(config: dict) -> str:
+    """The `python -m derm train` line that reproduces a config (non-default flags only)."""
+    from derm.train import TrainConfig
+
+    default = TrainConfig.for_task(config["task"], config["arch"] if config["task"] == "classifier" else None)
+    parts = ["python -m derm train", config["task"]]
+    if config["task"] == "classifier":
+        parts.append(f"--arch {config['arch']}")
+    for key in ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
+                "epoch_samples", "label_smoothing", "unet_width", "seed"):
+        if config[key] != getattr(default, key) or key == "epochs":
+            parts.append(f"--{key.replace('_', '-')} {config[key]}")
+    if config["precision"] == "fp32":
+        parts.append("--fp32")
+    return " ".join(parts)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising validation NLL of p^(1/T) (temperature scaling on log-probabilities)."""
+    def nll(t: float) -> float:
+        p = temper(probs, t)
+        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+    return float(minimize_scalar(nll, bounds=(0.2, 5.0), method="bounded").x)
+
+
+def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> dict:
+    """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict = {"classes": list(CLASSES), "models": {}, "code_version": code_version()}
+    counts = None
+    for name, run_dir in classifier_runs.items():
+        model, config = load_checkpoint_model(run_dir)
+        save_state_fp16(model, out / f"{name}.safetensors")
+        manifest["models"][name] = {"arch": config["arch"], "file": f"{name}.safetensors",
+                                    "input_hw": [config["height"], config["width"]],
+                                    "normalization": config["normalization"], "temperature": 1.0, "tta": [],
+                                    "training": training_record(run_dir, config)}
+        counts = counts or train_class_counts(config)
+    if unet_run is not None:
+        model, config = load_checkpoint_model(unet_run)
+        save_state_fp16(model, out / "unet.safetensors")
+        manifest["models"]["unet"] = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
+                                      "input_hw": [config["height"], config["width"]],
+                                      "normalization": config["normalization"], "threshold": 0.5, "tta": [],
+                                      "training": training_record(unet_run, config)}
+    manifest["ensemble"] = {"routing": frequency_routing(counts, list(classifier_runs)),
+                            "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def train_class_counts(config: dict) -> dict[str, int]:
+    split_path = config["split"] if Path(config["split"]).is_absolute() else data.REPO_ROOT / config["split"]
+    part = split_table(split_path, config.get("data"), "train")
+    return {c: int((part["label"] == c).sum()) for c in CLASSES}
+
+
+def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[str, str]:
+    """Frequent classes (>= 10% of training images) -> the first model, rare ones -> the second."""
+    if len(model_names) == 1:
+        return {c: model_names[0] for c in CLASSES}
+    total = sum(counts.values())
+    frequent, rare = model_names[0], model_names[1]
+    return {c: frequent if counts[c] / total >= FREQUENT_SHARE else rare for c in CLASSES}
+
+
+def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0) -> dict:
+    """Write weights/ and return metrics.json's content."""
+    manifest = write_initial_weights(out, classifier_runs, unet_run)
+    any_config = load_checkpoint_model(next(iter(classifier_runs.values())))[1]
+    split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
+    shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
+    parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in ("val", "test")}
+    predictor = Predictor(out)
+    metrics: dict = {"classifiers": {}, "choices": {}}
+
+    # per model: TTA and temperature chosen on validation
+    probs: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
+    for name, clf in predictor.classifiers.items():
+        images = {s: data.cached_array(list(p["image_path"]), clf.input_hw, "image") for s, p in parts.items()}
+        plain = classifier_probabilities(clf, images["val"])
+        clf.tta = TTA_VIEWS[1:]
+        with_tta = classifier_probabilities(clf, images["val"])
+        y_val = parts["val"]["label_idx"].values
+        use_tta = selection_score(classification_report(y_val, with_tta)) >= selection_score(classification_report(y_val, plain))
+        clf.tta = TTA_VIEWS[1:] if use_tta else ()
+        val_probs = with_tta if use_tta else plain
+        clf.temperature = fit_temperature(val_probs, y_val)
+        probs["val"][name] = temper(val_probs, clf.temperature)
+        probs["test"][name] = classifier_probabilities(clf, images["test"])
+        entry = manifest["models"][name]
+        entry["tta"], entry["temperature"] = list(clf.tta), round(clf.temperature, 4)
+        metrics["choices"][name] = {
+            "val_score_plain": selection_score(classification_report(y_val, plain)),
+            "val_score_tta": selection_score(classification_report(y_val, with_tta)), "tta": use_tta,
+            "temperature": entry["temperature"],
+            "val_ece_before": classification_report(y_val, val_probs)["ece"],
+            "val_ece_after": classification_report(y_val, probs["val"][name])["ece"]}
+
+    # ensemble: routing validated per class, prior correction chosen on validation
+    ens = manifest["ensemble"]
+    y = {s: parts[s]["label_idx"].values for s in parts}
+    if len(predictor.classifiers) > 1:
+        ens["routing"], metrics["choices"]["routing"] = validate_routing(ens["routing"], probs["val"], y["val"])
+    prior = predictor.prior
+    scores = {tau: selection_score(classification_report(y["val"], combine(probs["val"], ens["routing"], prior, tau)))
+              for tau in PRIOR_CORRECTIONS}
+    ens["prior_correction"] = max(scores, key=scores.get)
+    metrics["choices"]["prior_correction_val_scores"] = {str(k): v for k, v in scores.items()}
+    ood_model = next(iter(predictor.classifiers))
+    clf = predictor.classifiers[ood_model]
+    val_images = data.cached_array(list(parts["val"]["image_path"]), clf.input_hw, "image")
+    energy = np.concatenate([clf.energy(clf.tensor(list(val_images[s:s + 64]))) for s in range(0, len(val_images), 64)])
+    ens["ood"] = {"model": ood_model, "energy_threshold": round(float(np.quantile(energy, 0.01)), 4),
+                  "rule": "1st percentile of validation energy"}
+
+    for split_name in ("val", "test"):
+        combined = combine(probs[split_name], ens["routing"], prior, ens["prior_correction"])
+        metrics["classifiers"][split_name] = {
+            **{n: classification_report(y[split_name], p) for n, p in probs[split_name].items()},
+            "ensemble": classification_report(y[split_name], combined)}
+        if split_name == "test":
+            frame = predictions_frame(parts["test"], {"ensemble": combined, **probs["test"]})
+            frame.to_csv(out / "test_predictions.csv", index=False)
+
+    if predictor.segmenter is not None:
+        metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(predictor, parts, manifest["models"]["unet"],
+                                                                             metrics["choices"])
+    metrics["split_counts"] = data.split_counts(data.attach_split(data.load_table(any_config.get("data")), out / "split.csv"))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def validate_routing(routing: dict[str, str], val_probs: dict[str, np.ndarray], y_val: np.ndarray,
+                     margin: float = 0.02) -> tuple[dict[str, str], dict]:
+    """Keep the frequency routing for a class unless the other model's validation AUC for it is
+    better by more than `margin` (AUC: threshold-free, so fair to a score that gets renormalised)."""
+    from derm.metrics import one_vs_rest_auc
+
+    aucs = {m: one_vs_rest_auc(p, y_val) for m, p in val_probs.items()}
+    final, record = {}, {}
+    for c, chosen in routing.items():
+        best = max(aucs, key=lambda m: aucs[m][c] or 0.0)
+        switch = best != chosen and (aucs[best][c] or 0) - (aucs[chosen][c] or 0) > margin
+        final[c] = best if switch else chosen
+        record[c] = {"by_frequency": chosen, "val_auc": {m: aucs[m][c] for m in aucs}, "final": final[c]}
+    return final, record
+
+
+def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict) -> tuple[dict, dict]:
+    """U-Net: TTA and threshold chosen on validation Dice; both splits scored at 600x450."""
+    seg = predictor.segmenter
+    images = {s: data.cached_array(list(p["image_path"]), seg.input_hw, "image") for s, p in parts.items()}
+    val_masks = data.cached_array(list(parts["val"]["mask_path"]), seg.input_hw, "mask")
+    candidates = {}
+    for tta in ((), TTA_VIEWS[1:]):
+        seg.tta = tta
+        prob = segmenter_probabilities(seg, images["val"])
+        for t in THRESHOLDS:
+            candidates[(tta, t)] = (float(batch_dice_iou(prob >= t, np.asarray(val_masks))[0].mean()), prob)
+    (tta, threshold), _ = max(candidates.items(), key=lambda kv: kv[1][0])
+    seg.tta, seg.threshold = tta, threshold
+    choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v[0] for k, v in candidates.items()}}
+    entry = {**entry, "tta": list(tta), "threshold": threshold}
+    report = {}
+    for split_name, part in parts.items():
+        prob = candidates[(tta, threshold)][1] if split_name == "val" else segmenter_probabilities(seg, images[split_name])
+        dice, iou = full_resolution_scores(prob, list(part["mask_path"]), threshold)
+        report[split_name] = {"resolution": [450, 600], **segmentation_report(dice, iou)}
+    return report, entry

@@ -1,0 +1,282 @@
+"""From an image to one result: ensemble probabilities, per-model probabilities, lesion mask,
+measurements and warnings. The CLI prints it, the app draws it, evaluation runs through it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from derm import lesion
+from derm.augment import normalize
+from derm.classes import CLASSES, NUM_CLASSES
+from derm.data import resize_rgb
+from derm.weights import default_weights_dir, load_model, read_manifest
+
+TTA_VIEWS = ("identity", "hflip", "vflip", "rot180")  # dermoscopy has no canonical orientation
+LOW_CONFIDENCE = 0.5
+MASK_EMPTY, MASK_FULL = 0.01, 0.90
+
+
+def to_landscape(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Portrait photos are turned 90 degrees: the models were trained on 4:3 landscape images."""
+    if rgb.shape[0] > rgb.shape[1]:
+        return np.ascontiguousarray(np.rot90(rgb)), True
+    return rgb, False
+
+
+def center_crop_to_aspect(rgb: np.ndarray, aspect_w_over_h: float) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    if width / height > aspect_w_over_h:  # too wide
+        new_w = round(height * aspect_w_over_h)
+        x0 = (width - new_w) // 2
+        return rgb[:, x0:x0 + new_w]
+    new_h = round(width / aspect_w_over_h)
+    y0 = (height - new_h) // 2
+    return rgb[y0:y0 + new_h]
+
+
+def classifier_input(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Landscape, centre-cropped to the training aspect (no stretching), resized like HAM10000."""
+    rgb, _ = to_landscape(rgb)
+    return resize_rgb(center_crop_to_aspect(rgb, input_hw[1] / input_hw[0]), input_hw)
+
+
+def _view(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "hflip":
+        return x.flip(-1)
+    if name == "vflip":
+        return x.flip(-2)
+    if name == "rot180":
+        return x.flip(-1, -2)
+    return x
+
+
+def _to_tensor(batch_hwc: np.ndarray, norm: dict) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2).float().div_(255)
+    return normalize(x, tuple(norm["mean"]), tuple(norm["std"])).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass
+class ClassifierModel:
+    """A trained classifier with its preprocessing, temperature and test-time augmentation."""
+
+    name: str
+    model: nn.Module
+    input_hw: tuple[int, int]
+    normalization: dict
+    temperature: float = 1.0
+    tta: tuple[str, ...] = ()
+
+    def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
+        return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        """Mean softmax over the TTA views, then tempered: p^(1/T), renormalised."""
+        views = ("identity", *self.tta) if self.tta else ("identity",)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            probs = torch.stack([self.model(_view(x, v)).float().softmax(1) for v in views]).mean(0)
+        return temper(probs.numpy(), self.temperature)
+
+    @torch.no_grad()
+    def energy(self, x: torch.Tensor) -> np.ndarray:
+        """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.logsumexp(self.model(x).float(), 1).numpy()
+
+
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    out = np.exp(logp)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def combine(per_model: dict[str, np.ndarray], routing: dict[str, str], prior: np.ndarray | None = None,
+            prior_correction: float = 0.0) -> np.ndarray:
+    """The ensemble: each class's score from the model routed to it, renormalised to sum to 1.
+
+    With prior_correction tau > 0, scores are divided by prior**tau (logit adjustment), which trades
+    frequent-class accuracy for rare-class recall; tau is chosen on the validation split.
+    """
+    scores = np.stack([per_model[routing[c]][:, i] for i, c in enumerate(CLASSES)], axis=1)
+    if prior is not None and prior_correction:
+        scores = scores * prior[None, :] ** -prior_correction
+    return scores / scores.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class SegmenterModel:
+    model: nn.Module
+    input_hw: tuple[int, int]
+    normalization: dict
+    threshold: float = 0.5
+    tta: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Lesion probability, N x H x W at input_hw, from uint8 images already at input_hw."""
+        x = _to_tensor(images, self.normalization)
+        views = ("identity", *self.tta) if self.tta else ("identity",)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            probs = torch.stack([_view(torch.sigmoid(self.model(_view(x, v)).float()), v) for v in views]).mean(0)
+        return probs[:, 0].numpy()
+
+    def mask(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Binary mask and probability map at the image's own size (the whole image, no crop)."""
+        landscape, rotated = to_landscape(rgb)
+        prob = self.probabilities(resize_rgb(landscape, self.input_hw)[None])[0]
+        prob = cv2.resize(prob, (landscape.shape[1], landscape.shape[0]), interpolation=cv2.INTER_LINEAR)
+        if rotated:
+            prob = np.ascontiguousarray(np.rot90(prob, k=-1))
+        return prob >= self.threshold, prob
+
+
+@dataclass
+class Result:
+    """Everything known about one image; probabilities are dicts keyed by class code."""
+
+    probabilities: dict[str, float]
+    per_model: dict[str, dict[str, float]]
+    source: dict[str, str]
+    label: str
+    confidence: float
+    mask: np.ndarray | None = None
+    lesion: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict:
+        return {**{c: round(self.probabilities[c], 6) for c in CLASSES}, "label": self.label,
+                "confidence": round(self.confidence, 6)}
+
+
+class Predictor:
+    """Loads the shipped weights once; safe to share between app sessions (Grad-CAM takes a lock)."""
+
+    def __init__(self, weights_dir: str | Path | None = None):
+        self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        self.manifest = read_manifest(self.weights_dir)
+        if list(self.manifest["classes"]) != list(CLASSES):
+            raise ValueError(f"{self.weights_dir}: class order {self.manifest['classes']} is not {CLASSES}")
+        self.classifiers: dict[str, ClassifierModel] = {}
+        for name, entry in self.manifest["models"].items():
+            if entry["arch"] == "unet":
+                continue
+            self.classifiers[name] = ClassifierModel(
+                name, load_model(entry, self.weights_dir), tuple(entry["input_hw"]), entry["normalization"],
+                entry.get("temperature", 1.0), tuple(entry.get("tta", ())))
+        ens = self.manifest["ensemble"]
+        self.routing: dict[str, str] = ens["routing"]
+        counts = np.array([ens["train_class_counts"][c] for c in CLASSES], dtype=float)
+        self.prior = counts / counts.sum()
+        self.prior_correction = float(ens.get("prior_correction", 0.0))
+        self.ood = ens.get("ood")
+        seg = self.manifest["models"].get("unet")
+        self.segmenter = SegmenterModel(load_model(seg, self.weights_dir), tuple(seg["input_hw"]),
+                                        seg["normalization"], seg.get("threshold", 0.5),
+                                        tuple(seg.get("tta", ()))) if seg else None
+        self._cam_lock = threading.Lock()
+
+    # -- classification
+
+    def classify(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Ensemble probabilities (N x 7) and each model's own, for RGB uint8 images of any size."""
+        per_model = {}
+        tensors: dict[tuple, torch.Tensor] = {}
+        for name, clf in self.classifiers.items():
+            key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]))
+            if key not in tensors:
+                tensors[key] = clf.tensor(images)
+            per_model[name] = clf.probabilities(tensors[key])
+        return combine(per_model, self.routing, self.prior, self.prior_correction), per_model
+
+    def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
+        """Classify, segment, measure and warn for one RGB uint8 image."""
+        t0 = time.perf_counter()
+        combined, per_model = self.classify([rgb])
+        t1 = time.perf_counter()
+        probs = {c: float(combined[0, i]) for i, c in enumerate(CLASSES)}
+        label = max(probs, key=probs.get)
+        result = Result(probabilities=probs,
+                        per_model={m: {c: float(p[0, i]) for i, c in enumerate(CLASSES)} for m, p in per_model.items()},
+                        source=dict(self.routing), label=label, confidence=probs[label],
+                        seconds={"classify": t1 - t0})
+        if with_mask and self.segmenter is not None:
+            result.mask, _ = self.segmenter.mask(rgb)
+            result.lesion = lesion.measure(rgb, result.mask)
+            result.seconds["segment"] = time.perf_counter() - t1
+        result.warnings = self._warnings(rgb, result)
+        return result
+
+    def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
+        warnings = []
+        if result.confidence < LOW_CONFIDENCE:
+            warnings.append(f"Low confidence: the top class has only {result.confidence:.0%}.")
+        tops = {m: max(p, key=p.get) for m, p in result.per_model.items()}
+        if len(set(tops.values())) > 1:
+            warnings.append("The models disagree: " + ", ".join(f"{m} says {t}" for m, t in tops.items()) + ".")
+        if result.lesion is not None:
+            share = result.lesion["area_fraction"]
+            if share < MASK_EMPTY:
+                warnings.append("No lesion found by the segmenter: is this a dermatoscopic image of a lesion?")
+            elif share > MASK_FULL:
+                warnings.append("The 'lesion' covers almost the whole image: this may not be a dermatoscopic "
+                                "close-up, or the lesion is larger than the field of view.")
+        if self.ood:
+            clf = self.classifiers[self.ood["model"]]
+            energy = float(clf.energy(clf.tensor([rgb]))[0])
+            if energy < self.ood["energy_threshold"]:
+                warnings.append("This image looks unlike the training images (out-of-distribution score "
+                                f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")
+        if min(rgb.shape[:2]) < 64:
+            warnings.append(f"The image is tiny ({rgb.shape[1]}x{rgb.shape[0]}); the models expect about 200x150 or more.")
+        return warnings
+
+    # -- segmentation and explanation
+
+    def segment(self, rgb: np.ndarray) -> np.ndarray:
+        if self.segmenter is None:
+            raise RuntimeError("these weights have no segmenter (unet) entry")
+        return self.segmenter.mask(rgb)[0]
+
+    def gradcam(self, rgb: np.ndarray, class_name: str, model_name: str | None = None) -> np.ndarray:
+        """Grad-CAM heat map in [0, 1] at the image's size for `class_name`, from the model that
+        supplies that class's score in the ensemble (or `model_name`)."""
+        from derm.explain import gradcam_map
+
+        clf = self.classifiers[model_name or self.routing[class_name]]
+        x = clf.tensor([rgb])
+        with self._cam_lock:
+            heat = gradcam_map(clf.model, x, CLASSES.index(class_name))
+        return heat_to_image(heat, rgb.shape[:2], clf.input_hw)
+
+
+def heat_to_image(heat: np.ndarray, image_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """Map a heat map on the classifier's (landscape, centre-cropped) input back onto the image."""
+    height, width = image_hw
+    rotated = height > width
+    land_h, land_w = (width, height) if rotated else (height, width)
+    aspect = input_hw[1] / input_hw[0]
+    canvas = np.zeros((land_h, land_w), dtype=np.float32)
+    if land_w / land_h > aspect:
+        crop_w = round(land_h * aspect)
+        x0 = (land_w - crop_w) // 2
+        canvas[:, x0:x0 + crop_w] = cv2.resize(heat, (crop_w, land_h))
+    else:
+        crop_h = round(land_w / aspect)
+        y0 = (land_h - crop_h) // 2
+        canvas[y0:y0 + crop_h] = cv2.resize(heat, (land_w, crop_h))
+    return np.ascontiguousarray(np.rot90(canvas, k=-1)) if rotated else canvas
+
+
+def probability_matrix(results: list[Result]) -> np.ndarray:
+    return np.array([[r.probabilities[c] for c in CLASSES] for r in results]).reshape(-1, NUM_CLASSES)

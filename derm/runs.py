@@ -1,0 +1,163 @@
+"""Training runs as folders of files: the contract between `derm train`, `derm evaluate` and the app.
+
+runs/<id>/
+  config.json      the TrainConfig the run was started with
+  status.json      {"state": queued|running|finished|failed|stopped, "pid", "epoch", "epochs",
+                    "best_score", "best_epoch", "error", "updated"}
+  metrics.jsonl    one JSON object per finished epoch: epoch, train_loss, val_loss, val metrics,
+                   seconds, images_per_s, lr
+  last.pt          checkpoint after the last finished epoch (resume from it)
+  best.pt          checkpoint of the best epoch by the validation selection metric
+  log.txt          stdout/stderr of a run started in the background
+  eval/            metrics.json and predictions.csv written by `derm evaluate`
+
+Every file is written atomically (temp file + rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from derm.data import REPO_ROOT
+
+STATES = ("queued", "running", "finished", "failed", "stopped")
+ACTIVE_STATES = ("queued", "running")
+RUNS_ENV = "DERM_RUNS"
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ENV, REPO_ROOT / "runs")).expanduser()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def new_run_dir(name: str, root: Path | None = None) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>-<name>, unique even when two runs start in the same second."""
+    root = root or runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for suffix in [""] + [f"-{i}" for i in range(1, 100)]:
+        path = root / f"{stamp}-{name}{suffix}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder in {root}")
+
+
+def write_status(run_dir: Path, state: str, **fields) -> dict:
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    status = read_json(run_dir / "status.json")
+    status.update(fields, state=state, updated=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomic(run_dir / "status.json", status)
+    return status
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return records
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_status(run_dir: Path) -> dict:
+    """status.json, with a run whose process died without saying so reported as failed."""
+    status = read_json(Path(run_dir) / "status.json")
+    if status.get("state") == "running" and not pid_alive(status.get("pid")):
+        status = {**status, "state": "failed", "error": status.get("error") or
+                  "the training process ended without finishing (killed, or the machine restarted); "
+                  "resume it from its last checkpoint"}
+    return status
+
+
+def list_runs(root: Path | None = None) -> list[dict]:
+    """Every run folder, newest first, with its config, status and last metrics record."""
+    root = root or runs_root()
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True):
+        metrics = read_metrics(path)
+        runs.append({"id": path.name, "path": path, "config": read_json(path / "config.json"),
+                     "status": read_status(path), "metrics": metrics})
+    return runs
+
+
+def active_run(root: Path | None = None) -> dict | None:
+    """The run that is using the machine now, if any (this machine runs one at a time)."""
+    for run in list_runs(root):
+        if run["status"].get("state") in ACTIVE_STATES and pid_alive(run["status"].get("pid")):
+            return run
+    return None
+
+
+def launch(train_args: list[str], root: Path | None = None) -> subprocess.Popen:
+    """Start `python -m derm train ...` detached in its own session; its output goes to a log file.
+
+    The caller passes an argument list (never a shell string). The process outlives the app.
+    """
+    root = root or runs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / f".launch-{int(time.time() * 1000)}.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args, "--runs", str(root)],
+                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+
+
+def stop(run_dir: Path) -> bool:
+    """Ask a run to stop gracefully (SIGTERM: it finishes the batch and keeps its last checkpoint)."""
+    pid = read_json(Path(run_dir) / "status.json").get("pid")
+    if not pid_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True

@@ -1,0 +1,347 @@
+"""One training loop for both tasks: bf16 autocast + channels_last on CPU, batched augmentation from a
+uint8 cache, one-cycle AdamW, per-epoch validation, atomic checkpoints, resume and a clean stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from derm import data, runs
+from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
+from derm.classes import NUM_CLASSES
+from derm.metrics import batch_dice_iou, classification_report, selection_score
+from derm.models import CLASSIFIER_ARCHS, build_model
+
+SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as the run's config.json."""
+
+    task: str = "classifier"  # classifier | segmenter
+    arch: str = "resnet18"  # resnet18 | resnet50 | unet
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    height: int = 150
+    width: int = 200
+    sampling: str = "sqrt"  # natural | sqrt | balanced | reference (oversample minorities to NV)
+    augment: str = "full"  # a name in derm.augment.POLICIES
+    epoch_samples: int = 0  # images per epoch; 0 = the train split's size
+    label_smoothing: float = 0.1
+    precision: str = "bf16"  # bf16 | fp32
+    unet_width: int = 32
+    seed: int = 0
+    data: str | None = None
+    split: str = "weights/split.csv"
+    limit: int = 0  # if > 0, use at most this many images per split (quick tests)
+    threads: int = 0  # 0 = all cores
+    normalization: dict = field(default_factory=dict)  # filled from the train split at start
+
+    @classmethod
+    def for_task(cls, task: str, arch: str | None = None, **overrides) -> "TrainConfig":
+        """Defaults per task: classifiers at the images' native 150x200, the U-Net at 96x128."""
+        if task == "segmenter":
+            base = dict(task=task, arch="unet", epochs=10, batch_size=16, lr=2e-3, weight_decay=1e-4,
+                        height=96, width=128, sampling="natural", augment="geometric", label_smoothing=0.0)
+        else:
+            base = dict(task="classifier", arch=arch or "resnet18")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def validate(self) -> None:
+        """Raise ValueError with a user-facing message for out-of-range settings."""
+        problems = []
+        if self.task not in ("classifier", "segmenter"):
+            problems.append(f"task must be classifier or segmenter, not {self.task!r}")
+        if self.task == "classifier" and self.arch not in CLASSIFIER_ARCHS:
+            problems.append(f"arch must be one of {CLASSIFIER_ARCHS} for a classifier")
+        if self.task == "segmenter" and self.arch != "unet":
+            problems.append("the segmenter's arch is unet")
+        if not 1 <= self.epochs <= 500:
+            problems.append("epochs must be between 1 and 500")
+        if not 1 <= self.batch_size <= 512:
+            problems.append("batch size must be between 1 and 512")
+        if not 1e-6 <= self.lr <= 1.0:
+            problems.append("learning rate must be between 1e-6 and 1")
+        if not (32 <= self.height <= 600 and 32 <= self.width <= 800):
+            problems.append("resolution must be between 32x32 and 600x800")
+        if self.sampling not in SAMPLINGS:
+            problems.append(f"sampling must be one of {SAMPLINGS}")
+        if self.augment not in POLICIES:
+            problems.append(f"augment must be one of {tuple(POLICIES)}")
+        if self.precision not in ("bf16", "fp32"):
+            problems.append("precision must be bf16 or fp32")
+        if not 4 <= self.unet_width <= 128:
+            problems.append("U-Net width must be between 4 and 128")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- data in memory
+
+
+@dataclass
+class SplitData:
+    images: torch.Tensor  # N x H x W x 3 uint8
+    labels: torch.Tensor  # N int64
+    masks: torch.Tensor | None  # N x H x W uint8 (segmenter)
+    image_ids: list[str]
+
+
+def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normalization]:
+    """The train and val splits decoded from the cache, and normalisation from the train split."""
+    table = data.ensure_split(data.load_table(config.data), data.REPO_ROOT / config.split
+                              if not Path(config.split).is_absolute() else config.split, seed=config.seed)
+    size = (config.height, config.width)
+    out = {}
+    for name in ("train", "val"):
+        part = table[table["split"] == name]
+        if config.limit:
+            part = part.sample(n=min(config.limit, len(part)), random_state=config.seed).sort_values("image_id")
+        images = data.cached_array(list(part["image_path"]), size, "image")
+        masks = data.cached_array(list(part["mask_path"]), size, "mask") if config.task == "segmenter" else None
+        out[name] = SplitData(torch.from_numpy(np.array(images)), torch.tensor(part["label_idx"].values),
+                              torch.from_numpy(np.array(masks)) if masks is not None else None,
+                              list(part["image_id"]))
+    return out, data.channel_stats(out["train"].images.numpy())
+
+
+def epoch_indices(labels: torch.Tensor, sampling: str, epoch_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """The order of training images for one epoch under a sampling policy.
+
+    natural: a permutation. sqrt / balanced: class frequency proportional to sqrt(n_c) / equal, drawn
+    with replacement. reference: every class replicated up to the largest class (the write-up's
+    oversampling), shuffled.
+    """
+    n = len(labels)
+    counts = torch.bincount(labels, minlength=NUM_CLASSES).clamp(min=1).float()
+    if sampling == "natural":
+        order = torch.randperm(n, generator=gen)
+        return order[:epoch_samples] if epoch_samples else order
+    if sampling == "reference":
+        target = int(counts.max())
+        parts = []
+        for c in range(NUM_CLASSES):
+            members = torch.nonzero(labels == c).flatten()
+            if len(members):
+                parts.append(members.repeat(math.ceil(target / len(members)))[:target])
+        order = torch.cat(parts)
+        order = order[torch.randperm(len(order), generator=gen)]
+        return order[:epoch_samples] if epoch_samples else order
+    power = 0.5 if sampling == "sqrt" else 1.0
+    weights = counts[labels] ** -power
+    return torch.multinomial(weights, epoch_samples or n, replacement=True, generator=gen)
+
+
+def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: data.Normalization,
+               train: bool, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index the cache, augment (train only) and normalise; returns channels_last inputs and targets."""
+    images = uint8_to_float(split.images[idx])
+    masks = split.masks[idx].unsqueeze(1).float() if split.masks is not None else None
+    labels = split.labels[idx]
+    if train:
+        images, masks = augment_batch(images, POLICIES[config.augment], labels=labels, masks=masks, gen=gen)
+    images = normalize(images, norm.mean, norm.std).contiguous(memory_format=torch.channels_last)
+    return images, (masks if masks is not None else labels)
+
+
+# ----------------------------------------------------------------------------- loop pieces
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
+
+
+def loss_fn(config: TrainConfig, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if config.task == "segmenter":
+        return F.binary_cross_entropy_with_logits(logits.float(), target) + dice_loss(logits, target)
+    return F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, split: SplitData, config: TrainConfig, norm: data.Normalization,
+                  device: torch.device, batch_size: int = 128) -> np.ndarray:
+    """Probabilities (classifier: N x 7) or lesion probabilities (segmenter: N x H x W) for a split."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(split.labels), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split.labels)))
+        x, _ = make_batch(split, idx, config, norm, train=False)
+        with autocast(config, device):
+            logits = model(x.to(device)).float()
+        probs = torch.sigmoid(logits[:, 0]) if config.task == "segmenter" else logits.softmax(1)
+        outputs.append(probs.cpu().numpy())
+    return np.concatenate(outputs)
+
+
+def validate(model: nn.Module, split: SplitData, config: TrainConfig, norm: data.Normalization,
+             device: torch.device) -> dict:
+    probs = predict_split(model, split, config, norm, device)
+    if config.task == "segmenter":
+        truth = split.masks.numpy()
+        dice, iou = batch_dice_iou(probs >= 0.5, truth)
+        eps = 1e-6
+        bce = -(truth * np.log(probs + eps) + (1 - truth) * np.log(1 - probs + eps)).mean()
+        return {"val_loss": float(bce), "dice": float(dice.mean()), "iou": float(iou.mean()),
+                "score": float(dice.mean())}
+    report = classification_report(split.labels.numpy(), probs)
+    return {"val_loss": report["nll"], "accuracy": report["accuracy"],
+            "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"],
+            "macro_auc": report["macro_auc"], "score": selection_score(report)}
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """torch.save to a temp file, then rename: a crash mid-write never corrupts the checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between batches and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            self.requested = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (e.g. inside a test runner thread)
+                pass
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
+          progress: bool = True) -> Path:
+    """Train per `config` into `run_dir` (new under runs/ if None); returns the run folder.
+
+    With resume=True, `run_dir` must hold config.json and last.pt: training continues from the
+    epoch after the saved one, with the optimiser, schedule and best score restored.
+    """
+    if resume:
+        config = TrainConfig(**runs.read_json(run_dir / "config.json"))
+    config.validate()
+    run_dir = Path(run_dir) if run_dir else runs.new_run_dir(f"{config.arch}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopFlag()
+    stop.install()
+    runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None)
+    try:
+        return _train(config, run_dir, resume, stop, progress)
+    except Exception as exc:  # the run's files must say why it failed; the caller still sees the error
+        runs.write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
+                          traceback=traceback.format_exc()[-4000:])
+        raise
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, progress: bool) -> Path:
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device()
+    splits, norm = load_splits(config)
+    if config.normalization:  # a resumed run keeps the statistics it started with
+        norm = data.Normalization(tuple(config.normalization["mean"]), tuple(config.normalization["std"]))
+    config.normalization = norm.to_dict()
+    runs.write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+
+    model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    train_split = splits["train"]
+    steps_per_epoch = math.ceil(len(epoch_indices(train_split.labels, config.sampling, config.epoch_samples,
+                                                  torch.Generator().manual_seed(0))) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, pct_start=0.2,
+                                                    total_steps=config.epochs * steps_per_epoch)
+    start_epoch, best_score, best_epoch = 1, -math.inf, 0
+    if resume:
+        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = epoch_indices(train_split.labels, config.sampling, config.epoch_samples, gen)
+        batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+        batches = [b for b in batches if len(b) > 1]  # BatchNorm needs two samples
+        model.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = _progress(batches, f"epoch {epoch}/{config.epochs}", progress)
+        for idx in bar:
+            x, y = make_batch(train_split, idx, config, norm, train=True, gen=gen)
+            with autocast(config, device):
+                logits = model(x.to(device))
+            loss = loss_fn(config, logits, y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(idx)
+            loss_sum += loss.item() * len(idx)
+            if progress:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            if stop.requested:
+                break
+        if stop.requested:
+            runs.write_status(run_dir, "stopped", epoch=epoch - 1,
+                              note="stopped by request; last.pt holds the last finished epoch")
+            return run_dir
+        seconds = time.perf_counter() - started
+        val = validate(model, splits["val"], config, norm, device)
+        improved = val["score"] > best_score
+        if improved:
+            best_score, best_epoch = val["score"], epoch
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **val, "seconds": round(seconds, 1),
+                  "images_per_s": round(seen / seconds, 1), "lr": scheduler.get_last_lr()[0]}
+        runs.append_metrics(run_dir, record)
+        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     epoch=epoch, best_score=best_score, best_epoch=best_epoch, config=dataclasses.asdict(config))
+        save_checkpoint(run_dir / "last.pt", **state)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", **state)
+        runs.write_status(run_dir, "running", epoch=epoch, best_score=best_score, best_epoch=best_epoch)
+        if progress:
+            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in record.items() if k != "epoch"), flush=True)
+    runs.write_status(run_dir, "finished", epoch=config.epochs, best_score=best_score, best_epoch=best_epoch)
+    return run_dir
+
+
+def _progress(items, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="batch", mininterval=5)

@@ -1,0 +1,56 @@
+"""Shipped weights: fp16 safetensors files plus one manifest.json that says how to use them.
+
+manifest.json
+  classes                class order of every probability vector
+  models.<name>          arch, file, input_hw, normalization, temperature, tta, (unet) width and
+                         threshold, training {command, run, best_epoch, seconds, code_version}
+  ensemble               routing {class: model}, prior_correction, train_class_counts, ood
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from derm.data import REPO_ROOT
+from derm.models import build_model
+
+WEIGHTS_ENV = "DERM_WEIGHTS"
+
+
+def default_weights_dir() -> Path:
+    return Path(os.environ.get(WEIGHTS_ENV, REPO_ROOT / "weights")).expanduser()
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    pass
+
+
+def read_manifest(weights_dir: Path) -> dict:
+    path = Path(weights_dir) / "manifest.json"
+    if not path.is_file():
+        raise WeightsNotFoundError(f"no trained weights at {weights_dir} (manifest.json missing); "
+                                   "train and export them, see README.md")
+    return json.loads(path.read_text())
+
+
+def save_state_fp16(model: nn.Module, path: Path) -> None:
+    """Float tensors as fp16 (half the size; inference runs in fp32/bf16 after loading)."""
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_model(entry: dict, weights_dir: Path) -> nn.Module:
+    """Build the architecture named in a manifest entry and load its safetensors (no pickle) in fp32."""
+    model = build_model(entry["arch"], entry.get("width", 32))
+    state = load_file(str(Path(weights_dir) / entry["file"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)  # Grad-CAM needs gradients; inference runs under no_grad anyway
+    return model.to(memory_format=torch.channels_last)
