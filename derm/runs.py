@@ -140,18 +140,47 @@ def active_run(root: Path | None = None) -> dict | None:
     return None
 
 
-def launch(train_args: list[str], root: Path | None = None) -> subprocess.Popen:
-    """Start `python -m derm train ...` detached in its own session; its output goes to a log file.
+class RunBusyError(RuntimeError):
+    """Another run is using the machine (2 cores: one training run at a time)."""
 
-    The caller passes an argument list (never a shell string). The process outlives the app.
+
+def launch(train_args: list[str], name: str, root: Path | None = None) -> Path:
+    """Start `python -m derm train ...` detached in its own session and return its run folder.
+
+    The caller passes an argument list (never a shell string); output goes to runs/<id>/log.txt.
+    The process outlives the app and the browser tab; the run's files are how anyone finds it again.
     """
-    root = root or runs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    log = open(root / f".launch-{int(time.time() * 1000)}.log", "w")
+    busy = active_run(root)
+    if busy is not None:
+        raise RunBusyError(f"run {busy['id']} is still {busy['status'].get('state')}; this machine trains one run "
+                           "at a time: wait for it or stop it first")
+    run_dir = new_run_dir(name, root)
+    write_status(run_dir, "queued", pid=None, error=None)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args, "--runs", str(root)],
-                            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=env)
+    with open(run_dir / "log.txt", "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args, "--run-dir", str(run_dir)],
+                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    write_status(run_dir, "queued", pid=process.pid)
+    return run_dir
+
+
+def resume(run_dir: Path) -> Path:
+    """Continue a stopped or failed run from its last checkpoint, in the background."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.pt").is_file():
+        raise FileNotFoundError(f"{run_dir.name} has no checkpoint yet: it stopped before finishing an epoch")
+    busy = active_run(run_dir.parent)
+    if busy is not None:
+        raise RunBusyError(f"run {busy['id']} is still running: one run at a time")
+    write_status(run_dir, "queued", error=None)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / "log.txt", "a") as log:
+        process = subprocess.Popen([sys.executable, "-m", "derm", "train", "classifier", "--resume", str(run_dir)],
+                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, env=env)
+    write_status(run_dir, "queued", pid=process.pid)
+    return run_dir
 
 
 def stop(run_dir: Path) -> bool:

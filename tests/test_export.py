@@ -1,0 +1,37 @@
+import json
+
+import numpy as np
+import pandas as pd
+
+from derm.classes import CLASSES
+from derm.pipeline import Predictor
+
+
+def test_export_writes_the_shipped_contract(tiny_weights):
+    names = {p.name for p in tiny_weights.iterdir()}
+    assert {"manifest.json", "metrics.json", "split.csv", "test_predictions.csv", "resnet18.safetensors",
+            "resnet50.safetensors", "unet.safetensors"} <= names
+    manifest = json.loads((tiny_weights / "manifest.json").read_text())
+    assert manifest["classes"] == list(CLASSES)
+    assert set(manifest["ensemble"]["routing"].values()) <= {"resnet18", "resnet50"}
+    # NV is the most frequent class: by the frequency rule ResNet18 answers it unless validation overrode it
+    assert manifest["ensemble"]["routing"]["NV"] in ("resnet18", "resnet50")
+    for entry in manifest["models"].values():
+        assert entry["training"]["command"].startswith("python -m derm train")
+    metrics = json.loads((tiny_weights / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert set(metrics["classifiers"][split]) == {"resnet18", "resnet50", "ensemble"}
+        assert 0 <= metrics["segmenter"][split]["dice"] <= 1
+    frame = pd.read_csv(tiny_weights / "test_predictions.csv")
+    assert {"image_id", "true", "ensemble_pred", *[f"resnet50_{c}" for c in CLASSES]} <= set(frame.columns)
+    assert np.allclose(frame[[f"ensemble_{c}" for c in CLASSES]].sum(axis=1), 1, atol=1e-3)
+
+
+def test_fp16_weights_load_without_pickle_and_predict(tiny_weights, original_image):
+    from derm.imageio import load_image
+
+    predictor = Predictor(tiny_weights)
+    result = predictor.analyse(load_image(original_image))
+    assert abs(sum(result.probabilities.values()) - 1) < 1e-4
+    assert result.mask.shape == (450, 600)
+    assert result.label in CLASSES
