@@ -112,10 +112,10 @@ def pid_alive(pid: int | None) -> bool:
 def read_status(run_dir: Path) -> dict:
     """status.json, with a run whose process died without saying so reported as failed."""
     status = read_json(Path(run_dir) / "status.json")
-    if status.get("state") == "running" and not pid_alive(status.get("pid")):
+    if status.get("state") in ACTIVE_STATES and status.get("pid") and not pid_alive(status.get("pid")):
         status = {**status, "state": "failed", "error": status.get("error") or
-                  "the training process ended without finishing (killed, or the machine restarted); "
-                  "resume it from its last checkpoint"}
+                  "the training process ended without finishing (killed, crashed or the machine "
+                  "restarted); see log.txt, and resume it from its last checkpoint"}
     return status
 
 
@@ -140,6 +140,12 @@ def active_run(root: Path | None = None) -> dict | None:
     return None
 
 
+def _record_pid(run_dir: Path, pid: int) -> None:
+    """Note the child's pid unless the child already did (it writes "running" with its own pid)."""
+    if read_json(run_dir / "status.json").get("state") == "queued":
+        write_status(run_dir, "queued", pid=pid)
+
+
 class RunBusyError(RuntimeError):
     """Another run is using the machine (2 cores: one training run at a time)."""
 
@@ -161,7 +167,7 @@ def launch(train_args: list[str], name: str, root: Path | None = None) -> Path:
         process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args, "--run-dir", str(run_dir)],
                                    cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
-    write_status(run_dir, "queued", pid=process.pid)
+    _record_pid(run_dir, process.pid)
     return run_dir
 
 
@@ -179,7 +185,7 @@ def resume(run_dir: Path) -> Path:
         process = subprocess.Popen([sys.executable, "-m", "derm", "train", "classifier", "--resume", str(run_dir)],
                                    cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
-    write_status(run_dir, "queued", pid=process.pid)
+    _record_pid(run_dir, process.pid)
     return run_dir
 
 
