@@ -60,7 +60,7 @@ def _view(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _to_tensor(batch_hwc: np.ndarray, norm: dict) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(batch_hwc)).permute(0, 3, 1, 2).float().div_(255)
+    x = torch.from_numpy(np.array(batch_hwc)).permute(0, 3, 1, 2).float().div_(255)
     return normalize(x, tuple(norm["mean"]), tuple(norm["std"])).contiguous(memory_format=torch.channels_last)
 
 

@@ -243,7 +243,7 @@ class StopFlag:
 
 
 def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
-          progress: bool = True) -> Path:
+          progress: bool = True, stop: StopFlag | None = None) -> Path:
     """Train per `config` into `run_dir` (new under runs/ if None); returns the run folder.
 
     With resume=True, `run_dir` must hold config.json and last.pt: training continues from the
@@ -254,8 +254,9 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     config.validate()
     run_dir = Path(run_dir) if run_dir else runs.new_run_dir(f"{config.arch}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    stop = StopFlag()
-    stop.install()
+    if stop is None:
+        stop = StopFlag()
+        stop.install()
     runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None)
     try:
         return _train(config, run_dir, resume, stop, progress)

@@ -1,0 +1,56 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+from derm.classes import CLASSES
+from conftest import REPO
+
+
+def run_cli(*args, env_weights=None):
+    return subprocess.run([sys.executable, "-m", "derm", *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_prints_probabilities_and_reports_a_corrupt_file(tiny_weights, original_image, tmp_path):
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(original_image.read_bytes()[:2000])
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("hello")
+    done = run_cli("predict", original_image, corrupt, not_image, "--weights", tiny_weights)
+    assert done.returncode == 1  # something failed ...
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert len(rows) == 1  # ... but the good image was still processed
+    assert abs(sum(float(rows[0][c]) for c in CLASSES) - 1) < 1e-3 and rows[0]["label"] in CLASSES
+    errors = done.stderr.strip().splitlines()
+    assert any("broken.jpg" in line and "truncated or corrupt" in line for line in errors)
+    assert any("notes.txt" in line and "not an image" in line for line in errors)
+    assert "Traceback" not in done.stderr
+
+
+def test_predict_json(tiny_weights, original_image):
+    done = run_cli("predict", original_image, "--format", "json", "--weights", tiny_weights)
+    assert done.returncode == 0
+    (row,) = json.loads(done.stdout)
+    assert set(CLASSES) <= set(row) and row["label"] == max(CLASSES, key=lambda c: row[c])
+
+
+def test_segment_writes_a_binary_mask_at_the_input_size(tiny_weights, original_image, tmp_path):
+    done = run_cli("segment", original_image, "--out", tmp_path / "masks", "--weights", tiny_weights)
+    assert done.returncode == 0, done.stderr
+    mask = cv2.imread(str(tmp_path / "masks" / f"{original_image.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (450, 600) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_missing_weights_is_one_clear_line(tmp_path, original_image):
+    done = run_cli("predict", original_image, "--weights", tmp_path)
+    assert done.returncode == 2 and "manifest.json" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_every_command_has_help():
+    for command in ("train", "evaluate", "export", "predict", "segment"):
+        assert run_cli(command, "--help").returncode == 0

@@ -1,0 +1,118 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from derm import runs
+from derm.evaluate import evaluate_run
+from derm.train import StopFlag, TrainConfig, epoch_indices, train
+
+from conftest import REPO
+
+
+def small_config(split, **overrides):
+    base = dict(epochs=1, limit=200, height=48, width=64, batch_size=32, split=str(split))
+    base.update(overrides)
+    return TrainConfig.for_task("classifier", "resnet18", **base)
+
+
+@pytest.fixture()
+def split_file(tmp_path):
+    target = tmp_path / "split.csv"
+    target.write_bytes((REPO / "weights" / "split.csv").read_bytes())
+    return target
+
+
+def test_one_epoch_writes_the_run_files_and_evaluate_reads_them(tmp_path, split_file, data_dir):
+    run_dir = train(small_config(split_file), tmp_path / "run", progress=False)
+    assert runs.read_status(run_dir)["state"] == "finished"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["arch"] == "resnet18" and len(config["normalization"]["mean"]) == 3
+    (record,) = runs.read_metrics(run_dir)
+    assert {"epoch", "train_loss", "val_loss", "balanced_accuracy", "macro_f1", "seconds", "images_per_s"} <= set(record)
+    assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
+    report = evaluate_run(run_dir, "test", limit=64)
+    assert report["n"] == 64 and 0 <= report["balanced_accuracy"] <= 1
+    predictions = pd.read_csv(run_dir / "eval" / "predictions.csv")
+    assert len(predictions) == 64 and {"image_id", "true", "pred", "MEL"} <= set(predictions.columns)
+
+
+class StopAfterEpochs(StopFlag):
+    """Requests a stop once the run has logged `n` epochs (deterministic stand-in for SIGTERM)."""
+
+    def __init__(self, run_dir, n):
+        self.run_dir, self.n = run_dir, n
+
+    @property
+    def requested(self):
+        return len(runs.read_metrics(self.run_dir)) >= self.n
+
+
+def test_resume_continues_from_the_saved_epoch(tmp_path, split_file, data_dir):
+    run_dir = tmp_path / "run"
+    train(small_config(split_file, epochs=3, limit=96), run_dir, progress=False, stop=StopAfterEpochs(run_dir, 1))
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped" and status["epoch"] == 1
+    assert torch.load(run_dir / "last.pt", weights_only=False)["epoch"] == 1
+    train(None, run_dir, resume=True, progress=False, stop=StopAfterEpochs(run_dir, 99))
+    assert [m["epoch"] for m in runs.read_metrics(run_dir)] == [1, 2, 3]
+    assert runs.read_status(run_dir)["state"] == "finished"
+
+
+def test_sigterm_stops_cleanly_and_keeps_the_checkpoint(tmp_path, split_file, data_dir):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "derm", "train", "classifier", "--epochs", "50", "--limit", "64", "--height", "48",
+           "--width", "64", "--batch-size", "16", "--split", str(split_file), "--run-dir", str(run_dir)]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while not runs.read_metrics(run_dir) and time.time() < deadline:
+            time.sleep(0.2)
+        assert runs.read_metrics(run_dir), "no epoch finished in time"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    status = runs.read_status(run_dir)
+    assert status["state"] == "stopped"
+    saved = torch.load(run_dir / "last.pt", weights_only=False)["epoch"]
+    assert saved == status["epoch"] >= 1
+
+
+def test_crash_is_recorded_as_failed(tmp_path, split_file, data_dir, monkeypatch):
+    import derm.train as train_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(train_module, "validate", broken)
+    with pytest.raises(RuntimeError):
+        train(small_config(split_file, limit=32), tmp_path / "run", progress=False)
+    status = runs.read_status(tmp_path / "run")
+    assert status["state"] == "failed" and "disk on fire" in status["error"]
+
+
+def test_out_of_range_config_is_rejected_with_a_message():
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.for_task("classifier", "resnet18", epochs=0).validate()
+    with pytest.raises(ValueError, match="sampling"):
+        TrainConfig.for_task("classifier", "resnet18", sampling="magic").validate()
+
+
+def test_sampling_policies_shape_the_class_mix():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    gen = torch.Generator().manual_seed(0)
+    balanced = epoch_indices(labels, "balanced", 10000, gen)
+    assert abs((labels[balanced] == 1).float().mean() - 0.5) < 0.03
+    sqrt = epoch_indices(labels, "sqrt", 10000, gen)
+    assert abs((labels[sqrt] == 1).float().mean() - 0.25) < 0.03  # sqrt(100) / (sqrt(900) + sqrt(100))
+    reference = epoch_indices(labels, "reference", 0, gen)
+    assert len(reference) == 1800 and (labels[reference] == 1).sum() == 900
+    natural = epoch_indices(labels, "natural", 0, gen)
+    assert sorted(natural.tolist()) == list(range(1000))
