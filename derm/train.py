@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derm import data, runs
+from torch.nn.parallel import DistributedDataParallel
+
+from derm import data, distributed, runs
 from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
 from derm.classes import NUM_CLASSES
 from derm.metrics import batch_dice_iou, classification_report, selection_score
@@ -34,8 +36,8 @@ class TrainConfig:
     task: str = "classifier"  # classifier | segmenter
     arch: str = "resnet18"  # resnet18 | resnet50 | unet
     epochs: int = 20
-    batch_size: int = 64
-    lr: float = 2e-3
+    batch_size: int = 64  # global: under torchrun each of P processes takes batch_size / P of every batch
+    lr: float = 2e-3  # for the global batch, so it needs no scaling with the number of processes
     weight_decay: float = 0.05
     height: int = 150
     width: int = 200
@@ -163,12 +165,18 @@ def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: d
 # ----------------------------------------------------------------------------- loop pieces
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 on CPU (AMX) and on GPUs that have it; fp16 (with a GradScaler) on older GPUs."""
+    if config.precision != "bf16":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 def autocast(config: TrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    dtype = amp_dtype(config, device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -247,35 +255,51 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     """Train per `config` into `run_dir` (new under runs/ if None); returns the run folder.
 
     With resume=True, `run_dir` must hold config.json and last.pt: training continues from the
-    epoch after the saved one, with the optimiser, schedule and best score restored.
+    epoch after the saved one, with the optimiser, schedule and best score restored. Under torchrun,
+    every process calls this; the main process alone writes the run's files.
     """
-    if resume:
-        config = TrainConfig(**runs.read_json(run_dir / "config.json"))
-    config.validate()
-    run_dir = Path(run_dir) if run_dir else runs.new_run_dir(f"{config.arch}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if stop is None:
-        stop = StopFlag()
-        stop.install()
-    runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None)
+    ctx = distributed.setup()
     try:
-        return _train(config, run_dir, resume, stop, progress)
-    except Exception as exc:  # the run's files must say why it failed; the caller still sees the error
-        runs.write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
-                          traceback=traceback.format_exc()[-4000:])
-        raise
+        if resume:
+            config = TrainConfig(**runs.read_json(Path(run_dir) / "config.json"))
+        config.validate()
+        if ctx.is_main:
+            run_dir = Path(run_dir) if run_dir else runs.new_run_dir(f"{config.arch}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = distributed.broadcast_object(run_dir, ctx)
+        if stop is None:
+            stop = StopFlag()
+            stop.install()
+        if ctx.is_main:
+            runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None,
+                              processes=ctx.world_size)
+        try:
+            return _train(config, run_dir, resume, stop, progress and ctx.is_main, ctx)
+        except Exception as exc:  # the run's files must say why it failed; the caller still sees the error
+            if ctx.is_main:
+                runs.write_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}",
+                                  traceback=traceback.format_exc()[-4000:])
+            raise
+    finally:
+        distributed.cleanup(ctx)
 
 
-def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, progress: bool) -> Path:
+def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, progress: bool,
+           ctx: distributed.Context) -> Path:
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device()
+    device = ctx.device
+    if not ctx.is_main:  # the main process makes split.csv and the caches first; the others then read them
+        distributed.barrier(ctx)
     splits, norm = load_splits(config)
+    if ctx.is_main:
+        distributed.barrier(ctx)
     if config.normalization:  # a resumed run keeps the statistics it started with
         norm = data.Normalization(tuple(config.normalization["mean"]), tuple(config.normalization["std"]))
     config.normalization = norm.to_dict()
-    runs.write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+    if ctx.is_main:
+        runs.write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
 
     model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -291,53 +315,76 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_score, best_epoch = state["epoch"] + 1, state["best_score"], state["best_epoch"]
+    stepper = DistributedDataParallel(model) if ctx.enabled else model
+    scaler = torch.amp.GradScaler(enabled=amp_dtype(config, device) == torch.float16)
 
     for epoch in range(start_epoch, config.epochs + 1):
+        # every process draws the same global order; each trains on its own share of each global batch
         gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = epoch_indices(train_split.labels, config.sampling, config.epoch_samples, gen)
         batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        batches = [b for b in batches if len(b) > 1]  # BatchNorm needs two samples
-        model.train()
-        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        batches = [b for b in batches if len(b) >= 2 * ctx.world_size]  # BatchNorm needs two samples each
+        stepper.train()
+        started, seen, loss_sum, stopped = time.perf_counter(), 0, 0.0, False
         bar = _progress(batches, f"epoch {epoch}/{config.epochs}", progress)
-        for idx in bar:
+        for global_idx in bar:
+            idx = distributed.shard(global_idx, ctx)
             x, y = make_batch(train_split, idx, config, norm, train=True, gen=gen)
             with autocast(config, device):
-                logits = model(x.to(device))
+                logits = stepper(x.to(device))
             loss = loss_fn(config, logits, y.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             if progress:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-            if stop.requested:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
+            if distributed.any_across(stop.requested, ctx):
+                stopped = True
                 break
-        if stop.requested:
-            runs.write_status(run_dir, "stopped", epoch=epoch - 1,
-                              note="stopped by request; last.pt holds the last finished epoch")
+        if stopped:
+            if ctx.is_main:
+                runs.write_status(run_dir, "stopped", epoch=epoch - 1,
+                                  note="stopped by request; last.pt holds the last finished epoch")
             return run_dir
         seconds = time.perf_counter() - started
-        val = validate(model, splits["val"], config, norm, device)
-        improved = val["score"] > best_score
-        if improved:
-            best_score, best_epoch = val["score"], epoch
-        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **val, "seconds": round(seconds, 1),
-                  "images_per_s": round(seen / seconds, 1), "lr": scheduler.get_last_lr()[0]}
-        runs.append_metrics(run_dir, record)
-        state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     epoch=epoch, best_score=best_score, best_epoch=best_epoch, config=dataclasses.asdict(config))
-        save_checkpoint(run_dir / "last.pt", **state)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", **state)
-        runs.write_status(run_dir, "running", epoch=epoch, best_score=best_score, best_epoch=best_epoch)
-        if progress:
-            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in record.items() if k != "epoch"), flush=True)
-    runs.write_status(run_dir, "finished", epoch=config.epochs, best_score=best_score, best_epoch=best_epoch)
+        loss_sum, seen = distributed.sum_across([loss_sum, float(seen)], ctx)
+        if ctx.is_main:
+            best_score, best_epoch = _end_epoch(model, optimizer, scheduler, splits["val"], config, norm, device,
+                                                run_dir, epoch, best_score, best_epoch,
+                                                {"train_loss": loss_sum / max(seen, 1), "seconds": round(seconds, 1),
+                                                 "images_per_s": round(seen / seconds, 1), "images": int(seen),
+                                                 "lr": scheduler.get_last_lr()[0], "processes": ctx.world_size},
+                                                progress)
+        distributed.barrier(ctx)
+    if ctx.is_main:
+        runs.write_status(run_dir, "finished", epoch=config.epochs, best_score=best_score, best_epoch=best_epoch)
     return run_dir
+
+
+def _end_epoch(model: nn.Module, optimizer, scheduler, val_split: SplitData, config: TrainConfig,
+               norm: data.Normalization, device: torch.device, run_dir: Path, epoch: int, best_score: float,
+               best_epoch: int, train_record: dict, progress: bool) -> tuple[float, int]:
+    """Validate, log the epoch, write last.pt (and best.pt when the selection metric improved)."""
+    val = validate(model, val_split, config, norm, device)
+    improved = val["score"] > best_score
+    if improved:
+        best_score, best_epoch = val["score"], epoch
+    record = {"epoch": epoch, "train_loss": train_record.pop("train_loss"), **val, **train_record}
+    runs.append_metrics(run_dir, record)
+    state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                 epoch=epoch, best_score=best_score, best_epoch=best_epoch, config=dataclasses.asdict(config))
+    save_checkpoint(run_dir / "last.pt", **state)
+    if improved:
+        save_checkpoint(run_dir / "best.pt", **state)
+    runs.write_status(run_dir, "running", epoch=epoch, best_score=best_score, best_epoch=best_epoch)
+    if progress:
+        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in record.items() if k != "epoch"), flush=True)
+    return best_score, best_epoch
 
 
 def _progress(items, desc: str, enabled: bool):
