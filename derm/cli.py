@@ -219,10 +219,27 @@ def _progress(items, total: int, desc: str):
     return tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr)
 
 
+def _add_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="write MODEL_CARD.md from weights/metrics.json and manifest.json")
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--tried", default="docs/tried.md", help="markdown with the tried-and-chosen table")
+    p.add_argument("--out", default="MODEL_CARD.md")
+    p.set_defaults(func=cmd_card)
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    from derm.modelcard import render
+
+    tried = Path(args.tried).read_text().splitlines() if Path(args.tried).is_file() else None
+    Path(args.out).write_text(render(Path(args.weights), tried))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment):
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card):
         add(sub)
     return parser
 

@@ -35,3 +35,14 @@ def test_fp16_weights_load_without_pickle_and_predict(tiny_weights, original_ima
     assert abs(sum(result.probabilities.values()) - 1) < 1e-4
     assert result.mask.shape == (450, 600)
     assert result.label in CLASSES
+
+
+def test_model_card_reports_the_shipped_numbers(tiny_weights):
+    from derm.modelcard import render
+
+    card = render(tiny_weights)
+    metrics = json.loads((tiny_weights / "metrics.json").read_text())
+    ensemble = metrics["classifiers"]["test"]["ensemble"]
+    assert f"| test | ensemble | {ensemble['accuracy']:.3f} | {ensemble['balanced_accuracy']:.3f} |" in card
+    assert "| true \\ predicted | AKIEC" in card and "Tschandl" in card
+    assert f"| {metrics['segmenter']['test']['dice']:.3f} |" in card
