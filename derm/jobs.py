@@ -129,3 +129,11 @@ def promote(classifier_runs: list[Path], unet_run: Path | None = None) -> Path:
     export(dict(zip(model_names(classifier_runs), map(Path, classifier_runs))), Path(unet_run) if unet_run else None,
            out, limit=0 if 0 in limits else max(limits))
     return out
+
+
+def log_tail(run_dir: Path, lines: int = 20) -> str:
+    """The end of a run's log.txt: what to read when it failed."""
+    path = Path(run_dir) / "log.txt"
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
