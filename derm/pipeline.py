@@ -74,6 +74,7 @@ class ClassifierModel:
     normalization: dict
     temperature: float = 1.0
     tta: tuple[str, ...] = ()
+    bf16: bool = True  # bf16 autocast: ~1.6x faster on this CPU (AMX); fp32 for comparison
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization)
@@ -82,14 +83,14 @@ class ClassifierModel:
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Mean softmax over the TTA views, then tempered: p^(1/T), renormalised."""
         views = ("identity", *self.tta) if self.tta else ("identity",)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             probs = torch.stack([self.model(_view(x, v)).float().softmax(1) for v in views]).mean(0)
         return temper(probs.numpy(), self.temperature)
 
     @torch.no_grad()
     def energy(self, x: torch.Tensor) -> np.ndarray:
         """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return torch.logsumexp(self.model(x).float(), 1).numpy()
 
 
@@ -120,13 +121,14 @@ class SegmenterModel:
     normalization: dict
     threshold: float = 0.5
     tta: tuple[str, ...] = ()
+    bf16: bool = True
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Lesion probability, N x H x W at input_hw, from uint8 images already at input_hw."""
         x = _to_tensor(images, self.normalization)
         views = ("identity", *self.tta) if self.tta else ("identity",)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             probs = torch.stack([_view(torch.sigmoid(self.model(_view(x, v)).float()), v) for v in views]).mean(0)
         return probs[:, 0].numpy()
 
@@ -162,7 +164,7 @@ class Result:
 class Predictor:
     """Loads the shipped weights once; safe to share between app sessions (Grad-CAM takes a lock)."""
 
-    def __init__(self, weights_dir: str | Path | None = None):
+    def __init__(self, weights_dir: str | Path | None = None, bf16: bool = True):
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         self.manifest = read_manifest(self.weights_dir)
         if list(self.manifest["classes"]) != list(CLASSES):
@@ -173,7 +175,7 @@ class Predictor:
                 continue
             self.classifiers[name] = ClassifierModel(
                 name, load_model(entry, self.weights_dir), tuple(entry["input_hw"]), entry["normalization"],
-                entry.get("temperature", 1.0), tuple(entry.get("tta", ())))
+                entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16)
         ens = self.manifest["ensemble"]
         self.routing: dict[str, str] = ens["routing"]
         counts = np.array([ens["train_class_counts"][c] for c in CLASSES], dtype=float)
@@ -183,7 +185,7 @@ class Predictor:
         seg = self.manifest["models"].get("unet")
         self.segmenter = SegmenterModel(load_model(seg, self.weights_dir), tuple(seg["input_hw"]),
                                         seg["normalization"], seg.get("threshold", 0.5),
-                                        tuple(seg.get("tta", ()))) if seg else None
+                                        tuple(seg.get("tta", ())), bf16) if seg else None
         self._cam_lock = threading.Lock()
 
     # -- classification

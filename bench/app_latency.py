@@ -1,0 +1,58 @@
+"""Time to a full Diagnose-page result for a 600x450 upload, once the models are loaded.
+
+    python bench/app_latency.py [--weights weights] [--images 20]
+
+One result = decode the upload + ensemble (ResNet18 + ResNet50, with the manifest's TTA) + U-Net mask
++ lesion measurements + warnings + Grad-CAM for the top class. Measured with bf16 autocast +
+channels_last (what the app does) and with plain fp32, interleaved image by image; prints medians and
+the ratio last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+from derm.data import resolve_data_dir  # noqa: E402
+from derm.imageio import load_image  # noqa: E402
+from derm.pipeline import Predictor  # noqa: E402
+
+
+def full_result(predictor: Predictor, payload: bytes) -> dict[str, float]:
+    t0 = time.perf_counter()
+    rgb = load_image(payload)
+    t1 = time.perf_counter()
+    result = predictor.analyse(rgb)
+    t2 = time.perf_counter()
+    predictor.gradcam(rgb, result.label)
+    t3 = time.perf_counter()
+    return {"decode": t1 - t0, "analyse": t2 - t1, "gradcam": t3 - t2, "total": t3 - t0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--images", type=int, default=20)
+    args = parser.parse_args()
+    uploads = [p.read_bytes() for p in sorted((resolve_data_dir() / "originals").glob("*.jpg"))[:args.images]]
+    predictors = {"bf16": Predictor(args.weights, bf16=True), "fp32": Predictor(args.weights, bf16=False)}
+    for predictor in predictors.values():  # warm-up
+        full_result(predictor, uploads[0])
+    times: dict[str, list[dict[str, float]]] = {name: [] for name in predictors}
+    for payload in uploads:
+        for name, predictor in predictors.items():
+            times[name].append(full_result(predictor, payload))
+    medians = {}
+    for name, records in times.items():
+        medians[name] = {k: statistics.median(r[k] for r in records) for k in records[0]}
+        print(f"{name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians[name].items()))
+    print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
