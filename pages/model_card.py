@@ -1,0 +1,118 @@
+"""Model card: what the active models are, how well they did on held-out data, how they were made,
+what they are for and what they must not be used for."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import app_components as ui
+from derm import explorer, report
+from derm.classes import CLASSES
+from derm.data import REPO_ROOT
+
+INTENDED_USE = """
+**Intended use.** A research and teaching demo: to see what small CNNs trained from scratch on one
+public dataset learn, where they look and where they fail. **Not a medical device and not a diagnosis**;
+no clinical validation of any kind.
+
+**Limitations.**
+- Trained from scratch (no ImageNet pre-training) on 200x150 dermatoscopic images; any photo is
+  shrunk to that size, so fine detail is lost.
+- HAM10000's population is mostly fair-skinned patients from Austria and Australia: performance on
+  darker skin types is unknown and probably worse.
+- Only the seven HAM10000 classes exist for the models: anything else (a scar, a tattoo, a wart, a
+  clinical non-dermoscopic photo) still gets one of the seven labels; heed the warnings.
+- Probabilities are calibrated on the validation split (temperature scaling) but remain estimates
+  for this dataset's class mix, not a patient's risk.
+- Lesion measurements are in pixels: the images have no physical scale.
+"""
+
+CITATION = """
+**Data.** Tschandl P., Rosendahl C., Kittler H. *The HAM10000 dataset, a large collection of
+multi-source dermatoscopic images of common pigmented skin lesions.* Sci. Data 5, 180161 (2018),
+[doi:10.1038/sdata.2018.161](https://doi.org/10.1038/sdata.2018.161). Licence CC BY-NC 4.0:
+non-commercial use with attribution. Lesion masks: the HAM10000 segmentations by Tschandl et al.
+on the same Harvard Dataverse record (doi:10.7910/DVN/DBW86T).
+"""
+
+SCORE_FORMAT = st.column_config.NumberColumn(format="%.3f")
+
+
+def confusion_heatmap(matrix: list[list[int]], title: str) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=matrix, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", showscale=False,
+                               text=matrix, texttemplate="%{text}", hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis=dict(title="true", autorange="reversed"),
+                      height=360, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def show_results(metrics: dict) -> None:
+    st.header("Results")
+    for split, label in (("test", "Test split (scored once, at export)"), ("val", "Validation split (used for every choice)")):
+        table = report.summary_table(metrics, split)
+        if not table.empty:
+            st.markdown(f"**{label}**")
+            st.dataframe(table, hide_index=True, column_config={c: SCORE_FORMAT for c in table.columns[2:]})
+    test_reports = metrics.get("classifiers", {}).get("test", {})
+    if test_reports:
+        st.markdown("**Per class, test split**")
+        names = sorted(test_reports, key=lambda n: (n != "ensemble", n))
+        for tab, name in zip(st.tabs(names), names):
+            left, right = tab.columns([3, 2])
+            left.dataframe(report.per_class_table(test_reports[name]), hide_index=True,
+                           column_config={c: st.column_config.NumberColumn(format="%.2f")
+                                          for c in ("precision", "recall", "f1", "auc")})
+            right.plotly_chart(confusion_heatmap(test_reports[name]["confusion_matrix"], f"{name}: confusion matrix"),
+                               key=f"card_cm_{name}")
+    segmenter = report.segmenter_table(metrics)
+    if not segmenter.empty:
+        st.markdown("**Lesion segmentation (U-Net), scored at the masks' full 600x450**")
+        st.dataframe(segmenter, hide_index=True, column_config={c: SCORE_FORMAT for c in segmenter.columns[2:]})
+
+
+def show_manifest(manifest: dict) -> None:
+    st.header("The models")
+    st.dataframe(report.models_table(manifest), hide_index=True)
+    ensemble = manifest.get("ensemble", {})
+    st.markdown(f"**Ensemble routing** (prior correction τ = {ensemble.get('prior_correction', 0)}): each class's "
+                "score comes from one model, chosen by class frequency and checked on validation AUC.")
+    st.dataframe(report.routing_table(manifest), hide_index=True,
+                 column_config={"share": st.column_config.NumberColumn(format="percent")})
+    ood = ensemble.get("ood")
+    if ood:
+        st.caption(f"Out-of-distribution warning: {ood['model']} energy below {ood['energy_threshold']} "
+                   f"({ood.get('rule', '')}).")
+    st.markdown("**Training commands**")
+    st.code("\n".join(entry["training"]["command"] for entry in manifest.get("models", {}).values()
+                      if "training" in entry) or "(not recorded)", language="bash")
+
+
+def show_data(metrics: dict) -> None:
+    st.header("Data")
+    counts = report.split_counts_table(metrics)
+    st.markdown("HAM10000, split 80/10/10 by **lesion** (no lesion in two splits), stratified by class.")
+    if not counts.empty:
+        st.dataframe(counts)
+
+
+def main() -> None:
+    st.title("Model card")
+    weights_dir = ui.active_weights_dir()
+    card = REPO_ROOT / "MODEL_CARD.md"
+    if card.is_file():
+        with st.expander("MODEL_CARD.md", expanded=False):
+            st.markdown(card.read_text())
+    st.markdown(INTENDED_USE)
+    manifest = ui.manifest_or_none(weights_dir)
+    if manifest is None:
+        st.warning(f"No trained weights at {weights_dir} (manifest.json missing): nothing to report yet.")
+    else:
+        metrics = explorer.load_metrics(weights_dir)
+        show_results(metrics)
+        show_manifest(manifest)
+        show_data(metrics)
+    st.markdown(CITATION)
+
+
+main()

@@ -1,0 +1,45 @@
+"""`streamlit run streamlit_app.py`: diagnose a lesion photo, explore test-set errors, train and
+promote models, read the model card. Pages only draw; the work is in derm/.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import app_components as ui
+from derm.weights import default_weights_dir
+
+st.set_page_config(page_title="derm: skin lesion research demo", page_icon=":material/dermatology:", layout="wide")
+
+
+def show_weights_in_sidebar() -> None:
+    """Which models answer: the folder, its code version and networks, or that there are none."""
+    weights_dir = ui.active_weights_dir()
+    manifest = ui.manifest_or_none(weights_dir)
+    st.sidebar.markdown(f"**Weights** `{weights_dir}`")
+    if manifest is None:
+        st.sidebar.warning("No trained weights here (manifest.json missing).")
+    else:
+        st.sidebar.caption(f"code version {manifest.get('code_version', 'unknown')} · "
+                           f"models: {', '.join(manifest['models'])}")
+    if weights_dir != default_weights_dir():
+        st.sidebar.info("Promoted weights are active in this session.")
+        st.sidebar.button("Back to the shipped weights", on_click=ui.use_weights, args=(default_weights_dir(),))
+
+
+def show_data_in_sidebar() -> None:
+    data_dir = ui.data_dir_or_none()
+    st.sidebar.markdown(f"**HAM10000** `{data_dir}`" if data_dir else
+                        "**HAM10000** not found (set $DERM_DATA): the explorer shows no images")
+
+
+pages = [
+    st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
+    st.Page("pages/explorer.py", title="Test-set explorer", icon=":material/grid_view:"),
+    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
+]
+page = st.navigation(pages)
+show_weights_in_sidebar()
+show_data_in_sidebar()
+page.run()
