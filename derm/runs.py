@@ -120,12 +120,17 @@ def read_status(run_dir: Path) -> dict:
 
 
 def list_runs(root: Path | None = None) -> list[dict]:
-    """Every run folder, newest first, with its config, status and last metrics record."""
+    """Every run folder, newest first, with its config, status and last metrics record.
+
+    A launched run has only status.json until its process has loaded the data and written
+    config.json; it is listed from the start, so a second launch in that window is refused.
+    """
     root = root or runs_root()
     if not root.is_dir():
         return []
     runs = []
-    for path in sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True):
+    for path in sorted((p for p in root.iterdir() if (p / "config.json").is_file() or (p / "status.json").is_file()),
+                       reverse=True):
         metrics = read_metrics(path)
         runs.append({"id": path.name, "path": path, "config": read_json(path / "config.json"),
                      "status": read_status(path), "metrics": metrics})
