@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from derm import data, report
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
@@ -27,6 +28,9 @@ from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifes
 T = TypeVar("T")
 WEIGHTS_KEY = "active_weights_dir"
 SESSION_CACHE_SIZE = 12  # analyses and heat maps kept per session: enough to flip between images
+# One intra-op thread: on 2 cores shared with a training run, 2 threads made one analysis ~28 s
+# (threads waiting on each other while the trainer holds the cores) against ~1 s with one.
+APP_TORCH_THREADS = 1
 DISCLAIMER = ("**Research demo, not a diagnosis.** These models were trained from scratch on one public "
               "dataset and are often wrong. Do not use them for medical decisions: show any lesion that "
               "worries you to a doctor.")
@@ -56,6 +60,7 @@ def load_predictor(weights_dir: str) -> Predictor:
     One throw-away analysis and Grad-CAM warm up the CPU kernels here (the first call takes
     seconds), so the user's first photo gets its answer at the usual speed.
     """
+    torch.set_num_threads(APP_TORCH_THREADS)
     predictor = Predictor(weights_dir)
     grey = np.full((150, 200, 3), 128, dtype=np.uint8)
     predictor.analyse(grey)
@@ -70,13 +75,13 @@ def manifest_or_none(weights_dir: Path) -> dict | None:
         return None
 
 
-def predictor_or_stop() -> Predictor:
-    """The active models, or a clear message and the end of the page when there are none."""
+def predictor_or_none() -> Predictor | None:
+    """The active models, or None after a clear message when there are none."""
     try:
         return load_predictor(str(active_weights_dir()))
     except WeightsNotFoundError as exc:
         st.warning(f"No trained models to run: {exc}. The Training page can train and promote some.")
-        st.stop()
+        return None
 
 
 def data_dir_or_none() -> Path | None:

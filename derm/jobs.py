@@ -39,7 +39,7 @@ def train_args(config: TrainConfig) -> list[str]:
 
 def run_name(text: str, config: TrainConfig) -> str:
     """A folder-safe run name from what the user typed; the architecture when they typed nothing."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40]
+    cleaned = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")[:40]
     return cleaned or config.arch
 
 

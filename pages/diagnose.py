@@ -76,8 +76,9 @@ def main() -> None:
     rgb = decoded(raw, name)
     if rgb is None:
         return
-    predictor = ui.predictor_or_stop()
-    ui.show_analysis(predictor, rgb, name, truth)
+    predictor = ui.predictor_or_none()
+    if predictor is not None:
+        ui.show_analysis(predictor, rgb, name, truth)
 
 
 main()

@@ -32,6 +32,7 @@ def confusion_figure(cells: pd.DataFrame) -> go.Figure:
         text=[f"{n}<br>{r:.0%}" for n, r in zip(cells["count"], cells["rate"])],
         textfont=dict(color=["white" if r > 0.5 else "#1f2a30" for r in cells["rate"]], size=11),
         customdata=cells[["true", "pred"]].to_numpy(),
+        selected=dict(marker=dict(opacity=1.0)), unselected=dict(marker=dict(opacity=0.45)),
         hovertemplate="true %{customdata[0]}, predicted %{customdata[1]}<br>%{text}<extra></extra>"))
     axis = dict(categoryorder="array", categoryarray=list(CLASSES), showgrid=False, zeroline=False, constrain="domain")
     fig.update_layout(xaxis=dict(title="predicted", side="top", **axis),
@@ -108,7 +109,9 @@ def show_opened(frame: pd.DataFrame, table: pd.DataFrame, model: str) -> None:
     predicted = prediction.iloc[0][f"{model}_pred"]
     st.markdown(f"**{image_id}**: true {row['label']}, {model} predicted {predicted} "
                 f"({prediction.iloc[0][f'{model}_{predicted}']:.0%})")
-    predictor = ui.predictor_or_stop()
+    predictor = ui.predictor_or_none()
+    if predictor is None:
+        return
     rgb = load_image(catalog.image_path(row))
     key = ui.image_key(rgb)
     result = ui.analysis(predictor, rgb, key)
