@@ -1,0 +1,293 @@
+"""The Streamlit app driven headless (AppTest) on tiny real weights and real HAM10000 images:
+the diagnosis, every kind of bad input, the explorer's cell click, a real training run and its promotion.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from derm import data, explorer, jobs, runs
+from derm.classes import FULL_NAMES
+from derm.pipeline import Result
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "streamlit_app.py")
+RUN_TIMEOUT_S = 180
+
+
+@pytest.fixture
+def runs_dir(tiny_weights, tmp_path, monkeypatch) -> Path:
+    """The app on the tiny weights, with its own empty runs folder."""
+    monkeypatch.setenv("DERM_WEIGHTS", str(tiny_weights))
+    monkeypatch.setenv("DERM_RUNS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+@pytest.fixture(scope="module")
+def lesion(original_image) -> Image.Image:
+    return Image.open(original_image).convert("RGB")
+
+
+def start_app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception
+    return at
+
+
+def upload(at: AppTest, name: str, content: bytes, mime: str = "application/octet-stream") -> AppTest:
+    at.file_uploader(key="upload").set_value((name, content, mime)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def analyses(at: AppTest) -> list[Result]:
+    return list(at.session_state.get("analyses", {}).values())
+
+
+def texts(elements) -> str:
+    return " | ".join(str(e.value) for e in elements)
+
+
+def captions(at: AppTest) -> list[str]:
+    return [c for image in at.get("image") for c in image.captions]
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- diagnose
+
+
+def test_an_uploaded_photo_gets_probabilities_overlays_and_measurements(runs_dir, original_image):
+    at = upload(start_app(), original_image.name, original_image.read_bytes(), "image/jpeg")
+    assert not at.error
+    [result] = analyses(at)
+    assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert at.subheader[0].value == (f"Most likely: {FULL_NAMES[result.label]} ({result.label}), "
+                                     f"{result.confidence:.0%}")
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert bars["text"] == [f"{p:.1%}" for p in sorted(result.probabilities.values(), reverse=True)]
+    assert FULL_NAMES[result.label] in bars["y"][0].replace("<br>", " ")
+    assert any(c.startswith("Grad-CAM of") for c in captions(at)) and "U-Net lesion outline" in captions(at)
+    measures = at.table[0].value
+    assert measures.loc["Area", "value"].startswith(f"{result.lesion['area_px']:,} px")
+    assert "no physical scale" in texts(at.caption) and "not a diagnosis" in texts(at.markdown)
+    assert [w.value for w in at.warning] == result.warnings
+    assert at.download_button[0].label.startswith("Download result")
+
+    # widget changes redraw from the session cache: the models do not run again
+    at.slider(key="diagnose_opacity").set_value(0.9).run()
+    explain = next(s for s in at.selectbox if s.label == "Explain class")
+    other = next(c for c in result.probabilities if c != result.label)
+    explain.set_value(other).run()
+    assert not at.exception and analyses(at)[0] is result
+    assert any(c.endswith(f"for {other}: red marks what raised that score") for c in captions(at))
+
+
+def truncated_jpeg(lesion: Image.Image) -> bytes:
+    whole = encoded(lesion, "JPEG")
+    return whole[: len(whole) // 2]
+
+
+def decompression_bomb(_: Image.Image) -> bytes:
+    return encoded(Image.new("L", (12_000, 10_000)), "PNG")  # 120 megapixels in ~120 kB
+
+
+UNUSABLE: dict[str, tuple[str, Callable[[Image.Image], bytes], str]] = {
+    "text file": ("notes.jpg", lambda _: b"patient notes, not a picture\n" * 20, "not an image this app can read"),
+    "empty file": ("empty.png", lambda _: b"", "the file is empty"),
+    "truncated JPEG": ("cut.jpg", truncated_jpeg, "truncated or corrupt"),
+    "decompression bomb": ("bomb.png", decompression_bomb, "too many pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE))
+def test_unusable_files_get_one_clear_message(runs_dir, lesion, case):
+    name, make, message = UNUSABLE[case]
+    at = upload(start_app(), name, make(lesion))
+    assert len(at.error) == 1 and message in at.error[0].value and at.error[0].value.startswith(name)
+    assert not analyses(at) and not at.get("image")
+
+
+def exif_rotated(lesion: Image.Image) -> bytes:
+    exif = lesion.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    return encoded(lesion, "JPEG", exif=exif)
+
+
+def sixteen_bit_png(lesion: Image.Image) -> bytes:
+    grey16 = (np.asarray(lesion.convert("L"), dtype=np.uint16) * 257)
+    return encoded(Image.fromarray(grey16), "PNG")
+
+
+ODD_BUT_USABLE: dict[str, tuple[str, Callable[[Image.Image], bytes], Callable[[Result], bool]]] = {
+    "greyscale": ("grey.png", lambda im: encoded(im.convert("L"), "PNG"), lambda r: r.mask.shape == (450, 600)),
+    "RGBA": ("rgba.png", lambda im: encoded(im.convert("RGBA"), "PNG"), lambda r: r.mask.shape == (450, 600)),
+    "16-bit PNG": ("deep.png", sixteen_bit_png, lambda r: r.mask.shape == (450, 600)),
+    "CMYK JPEG": ("cmyk.jpg", lambda im: encoded(im.convert("CMYK"), "JPEG"), lambda r: r.mask.shape == (450, 600)),
+    "EXIF-rotated": ("phone.jpg", exif_rotated, lambda r: r.mask.shape == (600, 450)),  # shown upright: portrait
+    "16x16": ("tiny.png", lambda im: encoded(im.resize((16, 16)), "PNG"), lambda r: any("tiny" in w for w in r.warnings)),
+    "6000x4000 photo": ("big.jpg", lambda im: encoded(im.resize((6000, 4000)), "JPEG", quality=85),
+                        lambda r: r.lesion["image_px"] == [1600, 1067]),  # downscaled on decode
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_BUT_USABLE))
+def test_odd_images_are_converted_and_analysed(runs_dir, lesion, case):
+    name, make, check = ODD_BUT_USABLE[case]
+    at = upload(start_app(), name, make(lesion))
+    assert not at.error
+    [result] = analyses(at)
+    assert check(result)
+    assert at.subheader[0].value.startswith("Most likely:")
+
+
+def test_camera_photo_is_analysed(runs_dir, lesion):
+    at = start_app()
+    at.radio(key="source").set_value("Camera").run()
+    at.camera_input(key="camera").set_value(("shot.jpg", encoded(lesion, "JPEG"), "image/jpeg")).run()
+    assert not at.exception and not at.error and len(analyses(at)) == 1
+
+
+def test_ham10000_picker_by_id_class_and_random(runs_dir, data_dir):
+    table = data.load_table(data_dir)
+    at = start_app()
+    at.radio(key="source").set_value("HAM10000 image").run()
+    at.text_input(key="ham_id").set_value("ISIC_9999999").run()
+    assert "not a HAM10000 image id" in at.error[0].value and not analyses(at)
+
+    at.text_input(key="ham_id").set_value("isic_0024306").run()
+    truth = table.set_index("image_id").loc["ISIC_0024306"]
+    assert not at.error and f"**{FULL_NAMES[truth['label']]} ({truth['label']})**" in texts(at.info)
+
+    at.selectbox(key="ham_class").set_value("VASC").run()
+    next(b for b in at.button if b.label == "Random").click().run()
+    picked = at.text_input(key="ham_id").value
+    assert table.set_index("image_id").loc[picked, "label"] == "VASC"
+    assert "(VASC)**" in texts(at.info) and len(analyses(at)) == 2
+
+
+def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_image):
+    monkeypatch.setenv("DERM_WEIGHTS", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("DERM_RUNS", str(tmp_path / "runs"))
+    at = start_app()
+    assert "manifest.json missing" in texts(at.sidebar.warning)  # AppTest keeps sidebar items of the first run only
+    upload(at, original_image.name, original_image.read_bytes(), "image/jpeg")
+    assert "No trained models to run" in texts(at.warning) and not analyses(at)
+    for page, message in (("pages/explorer.py", "no test predictions"), ("pages/model_card.py", "No trained weights"),
+                          ("pages/training.py", None)):
+        at.switch_page(page).run()
+        assert not at.exception
+        if message:
+            assert message in texts(at.warning)
+
+
+# ----------------------------------------------------------------------------- explorer
+
+
+def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights):
+    frame = explorer.load_predictions(tiny_weights)
+    at = start_app("pages/explorer.py")
+    assert at.metric[0].value == str(len(frame))
+
+    cells = explorer.confusion_cells(frame, "resnet18")
+    busiest = cells.sort_values("count", kind="stable").iloc[-1]
+    at.selectbox(key="explorer_model").set_value("resnet18").run()
+    click = {"selection": {"points": [{"x": busiest["pred"], "y": busiest["true"],
+                                       "customdata": [busiest["true"], busiest["pred"]]}]}}
+    assert explorer.apply_cell_click(at.session_state, click)
+    at.run()
+    assert not at.exception
+    assert f"**{busiest['count']} test images of" in texts(at.markdown)
+    expected = explorer.images_in_cell(frame, "resnet18", busiest["true"], busiest["pred"])
+    opens = [b for b in at.button if b.label == "Open"]
+    assert [b.key for b in opens] == [f"open_{i}" for i in expected["image_id"][: len(opens)]]
+    assert len(opens) == min(len(expected), 12)
+
+    at.button(key=f"open_{expected['image_id'][0]}").click().run()
+    assert not at.exception
+    assert f"**{expected['image_id'][0]}**" in texts(at.markdown)
+    assert any(c.startswith("Grad-CAM of resnet18") for c in captions(at)) and "U-Net lesion outline" in captions(at)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def submit_run(at: AppTest, **values) -> AppTest:
+    for key, value in values.items():
+        widget = at.text_input(key=key) if key.startswith("name") else at.number_input(key=key)
+        widget.set_value(value)
+    next(b for b in at.button if b.label == "Check settings and start").click().run()
+    assert not at.exception
+    return at
+
+
+def wait_until_done(run_dir: Path) -> dict:
+    """Poll the run's files; never leave a training process behind."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = runs.read_status(run_dir)
+        if status.get("state") and not jobs.is_active(status):
+            return status
+        time.sleep(1)
+    runs.stop(run_dir)
+    pytest.fail(f"{run_dir.name} did not finish in {RUN_TIMEOUT_S} s:\n{jobs.log_tail(run_dir)}")
+
+
+def test_out_of_range_settings_start_nothing(runs_dir):
+    at = submit_run(start_app("pages/training.py"), epochs_classifier=0, lr_classifier=5.0, height_classifier=10)
+    message = texts(at.error)
+    assert message.startswith("Not started:")
+    for problem in ("epochs must be between 1 and 500", "learning rate", "resolution"):
+        assert problem in message
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir):
+    at = submit_run(start_app("pages/training.py"), epochs_classifier=1, limit_classifier=32, height_classifier=48,
+                    width_classifier=64, batch_classifier=16, name_classifier="app test")
+    [run_dir] = list(runs_dir.iterdir())
+    try:
+        assert run_dir.name.endswith("app-test") and "Started" in texts(at.success)
+        next(b for b in at.button if b.label == "Check settings and start").click().run()
+        assert "one run at a time" in texts(at.error) and len(list(runs_dir.iterdir())) == 1
+    finally:
+        status = wait_until_done(run_dir)
+    assert status["state"] == "finished", jobs.log_tail(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["epochs"], config["limit"], config["height"], config["width"]) == (1, 32, 48, 64)
+
+    at.run()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc[run_dir.name, "state"] == "finished"
+
+    promote = next(b for b in at.button if b.label == "Export and use")
+    promote.click().run()
+    assert "Tick the confirmation box" in texts(at.warning) and not (run_dir / "weights").exists()
+
+    at.checkbox(key="promote_sure").check()
+    next(b for b in at.button if b.label == "Export and use").click().run()
+    assert not at.exception
+    assert (run_dir / "weights" / "manifest.json").is_file()
+    assert at.session_state["active_weights_dir"] == str(run_dir / "weights")
+    assert f"now active in this session: {run_dir / 'weights'}" in texts(at.success)
+
+    at.switch_page("pages/diagnose.py").run()
+    upload(at, "lesion.png", encoded(Image.new("RGB", (200, 150), (180, 120, 90)), "PNG"), "image/png")
+    assert [weights for weights, _ in at.session_state["analyses"]] == [str(run_dir / "weights")]
+    assert "These weights have no segmenter" in texts(at.info)  # the promoted run is a classifier only

@@ -1,0 +1,78 @@
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from derm import report
+from derm.classes import CLASSES
+from derm.explain import overlay_mask
+from derm.imageio import load_image
+from derm.pipeline import Predictor
+
+
+@pytest.fixture(scope="module")
+def analysed(tiny_weights, original_image):
+    rgb = load_image(original_image)
+    return rgb, Predictor(tiny_weights).analyse(rgb)
+
+
+def test_probability_table_is_sorted_and_complete(analysed):
+    _, result = analysed
+    table = report.probability_table(result)
+    assert list(table["class"])[0] == result.label
+    assert sorted(table["class"]) == sorted(CLASSES)
+    assert table["probability"].is_monotonic_decreasing
+    assert table["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_model_table_shows_each_models_own_scores(analysed):
+    _, result = analysed
+    table = report.model_table(result).set_index("class")
+    for c in CLASSES:
+        assert table.loc[c, "supplied by"] == result.source[c]
+        for model, probs in result.per_model.items():
+            assert table.loc[c, model] == probs[c]
+
+
+def test_measurement_table_uses_pixels_only(analysed):
+    _, result = analysed
+    table = report.measurement_table(result.lesion)
+    text = " ".join(table["value"])
+    assert f"{result.lesion['area_px']:,} px" in text and "mm" not in text
+    assert str(result.lesion["colour_count"]) in table.set_index("measure").loc["Colours", "value"]
+
+
+def test_result_zip_holds_json_csv_mask_and_overlays(analysed):
+    rgb, result = analysed
+    outline = overlay_mask(rgb, result.mask)
+    payload = report.result_zip(result, {"input": rgb, "mask_overlay": outline}, {"image": "x.jpg"})
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        assert set(archive.namelist()) == {"result.json", "probabilities.csv", "mask.png", "input.png",
+                                           "mask_overlay.png"}
+        record = json.loads(archive.read("result.json"))
+        mask = np.asarray(Image.open(io.BytesIO(archive.read("mask.png"))))
+        overlay = np.asarray(Image.open(io.BytesIO(archive.read("mask_overlay.png"))).convert("RGB"))
+    assert record["label"] == result.label and record["image"] == "x.jpg"
+    assert record["probabilities"] == pytest.approx(result.probabilities)
+    assert "not a diagnosis" in record["note"]
+    assert np.array_equal(mask > 0, result.mask)
+    assert np.array_equal(overlay, outline)  # colours survive the RGB -> PNG round trip
+
+
+def test_metric_tables_follow_metrics_json(tiny_weights):
+    metrics = json.loads((tiny_weights / "metrics.json").read_text())
+    manifest = json.loads((tiny_weights / "manifest.json").read_text())
+    summary = report.summary_table(metrics, "test")
+    assert list(summary["model"]) == ["ensemble", "resnet18", "resnet50"]
+    assert summary.set_index("model").loc["resnet50", "macro_f1"] == metrics["classifiers"]["test"]["resnet50"]["macro_f1"]
+    per_class = report.per_class_table(metrics["classifiers"]["test"]["ensemble"])
+    assert per_class["total"].sum() == metrics["classifiers"]["test"]["ensemble"]["n"]
+    assert set(report.segmenter_table(metrics)["split"]) == {"val", "test"}
+    assert set(report.models_table(manifest)["model"]) == {"resnet18", "resnet50", "unet"}
+    routing = report.routing_table(manifest)
+    assert routing["share"].sum() == pytest.approx(1.0)
+    counts = report.split_counts_table(metrics)
+    assert counts.loc["total"].sum() == sum(sum(split.values()) for split in metrics["split_counts"].values())
