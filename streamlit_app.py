@@ -33,11 +33,13 @@ def show_data_in_sidebar() -> None:
                         "**HAM10000** not found (set $DERM_DATA): the explorer shows no images")
 
 
+# The pages live in app_pages/, not pages/: with a pages/ folder beside this file, a fresh server
+# serves a bookmarked /training by the legacy folder rules (this script skipped) until / is opened.
 pages = [
-    st.Page("pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
-    st.Page("pages/explorer.py", title="Test-set explorer", icon=":material/grid_view:"),
-    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
-    st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),
+    st.Page("app_pages/diagnose.py", title="Diagnose", icon=":material/biotech:", default=True),
+    st.Page("app_pages/explorer.py", title="Test-set explorer", icon=":material/grid_view:"),
+    st.Page("app_pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("app_pages/model_card.py", title="Model card", icon=":material/description:"),
 ]
 page = st.navigation(pages)
 show_weights_in_sidebar()

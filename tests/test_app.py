@@ -189,8 +189,8 @@ def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_imag
     assert "manifest.json missing" in texts(at.sidebar.warning)  # AppTest keeps sidebar items of the first run only
     upload(at, original_image.name, original_image.read_bytes(), "image/jpeg")
     assert "No trained models to run" in texts(at.warning) and not analyses(at)
-    for page, message in (("pages/explorer.py", "no test predictions"), ("pages/model_card.py", "No trained weights"),
-                          ("pages/training.py", None)):
+    for page, message in (("app_pages/explorer.py", "no test predictions"),
+                          ("app_pages/model_card.py", "No trained weights"), ("app_pages/training.py", None)):
         at.switch_page(page).run()
         assert not at.exception
         if message:
@@ -202,7 +202,7 @@ def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_imag
 
 def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights):
     frame = explorer.load_predictions(tiny_weights)
-    at = start_app("pages/explorer.py")
+    at = start_app("app_pages/explorer.py")
     assert at.metric[0].value == str(len(frame))
 
     cells = explorer.confusion_cells(frame, "resnet18")
@@ -250,7 +250,7 @@ def wait_until_done(run_dir: Path) -> dict:
 
 
 def test_out_of_range_settings_start_nothing(runs_dir):
-    at = submit_run(start_app("pages/training.py"), epochs_classifier=0, lr_classifier=5.0, height_classifier=10)
+    at = submit_run(start_app("app_pages/training.py"), epochs_classifier=0, lr_classifier=5.0, height_classifier=10)
     message = texts(at.error)
     assert message.startswith("Not started:")
     for problem in ("epochs must be between 1 and 500", "learning rate", "resolution"):
@@ -259,7 +259,7 @@ def test_out_of_range_settings_start_nothing(runs_dir):
 
 
 def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir):
-    at = submit_run(start_app("pages/training.py"), epochs_classifier=1, limit_classifier=32, height_classifier=48,
+    at = submit_run(start_app("app_pages/training.py"), epochs_classifier=1, limit_classifier=32, height_classifier=48,
                     width_classifier=64, batch_classifier=16, name_classifier="app test")
     [run_dir] = list(runs_dir.iterdir())
     try:
@@ -287,7 +287,7 @@ def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir):
     assert at.session_state["active_weights_dir"] == str(run_dir / "weights")
     assert f"now active in this session: {run_dir / 'weights'}" in texts(at.success)
 
-    at.switch_page("pages/diagnose.py").run()
+    at.switch_page("app_pages/diagnose.py").run()
     upload(at, "lesion.png", encoded(Image.new("RGB", (200, 150), (180, 120, 90)), "PNG"), "image/png")
     assert [weights for weights, _ in at.session_state["analyses"]] == [str(run_dir / "weights")]
     assert "These weights have no segmenter" in texts(at.info)  # the promoted run is a classifier only

@@ -80,6 +80,10 @@ def test_upload_in_a_real_browser_shows_the_diagnosis_and_overlays(app_url, orig
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{app_url}/model_card")  # a bookmarked page on a fresh server gets the app's own navigation
+            page.get_by_role("heading", name="Model card").wait_for(timeout=WAIT_MS)
+            expect(page.get_by_test_id("stSidebar").get_by_text("Test-set explorer")).to_be_visible()
+            expect(page.get_by_test_id("stSidebar").get_by_text("Weights", exact=True)).to_be_visible()
             page.goto(app_url)
             page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
             page.locator("input[type=file]").set_input_files(str(original_image))

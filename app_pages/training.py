@@ -110,11 +110,14 @@ def live_progress(run_dir: Path) -> None:
     status = runs.read_status(run_dir)
     records = runs.read_metrics(run_dir)
     state = status.get("state", "queued")
-    epochs = int(status.get("epochs") or runs.read_json(run_dir / "config.json").get("epochs") or 1)
+    epochs = int(status.get("epochs") or runs.read_json(run_dir / "config.json").get("epochs") or 0)
     done = int(status.get("epoch") or 0)
     eta = jobs.eta_seconds(status, records)
     eta_text = f" · about {eta / 60:.1f} min left" if eta is not None else ""
-    st.progress(min(done / epochs, 1.0), text=f"{state}: epoch {done} of {epochs}{eta_text}")
+    if epochs:
+        st.progress(min(done / epochs, 1.0), text=f"{state}: epoch {done} of {epochs}{eta_text}")
+    else:
+        st.progress(0.0, text=f"{state}: starting (loading the data)")
     if state == "failed":
         st.error(status.get("error") or "the run failed")
     show_controls(run_dir, status)
@@ -142,8 +145,7 @@ def progress_section(all_runs: list[dict]) -> None:
     if st.session_state.get(RUN_KEY) not in ids:
         active = next((r["id"] for r in all_runs if jobs.is_active(r["status"])), None)
         st.session_state[RUN_KEY] = active or ids[0]
-    states = {r["id"]: r["status"].get("state", "?") for r in all_runs}
-    run_id = st.selectbox("Run", ids, key=RUN_KEY, format_func=lambda i: f"{i} ({states[i]})")
+    run_id = st.selectbox("Run", ids, key=RUN_KEY)
     run_dir = runs.runs_root() / run_id
     polling = POLL_SECONDS if jobs.is_active(runs.read_status(run_dir)) else None
     st.fragment(live_progress, run_every=polling)(run_dir)
