@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m derm train classifier --arch resnet18 --epochs 16
 python -m derm train segmenter --epochs 8
-python -m derm train classifier --arch resnet50 --sampling balanced --epoch-samples 4000 --epochs 8
+python -m derm train classifier --arch resnet50 --height 112 --width 150 --sampling balanced --epoch-samples 4000 --epochs 8
