@@ -162,7 +162,8 @@ class Result:
 
 
 class Predictor:
-    """Loads the shipped weights once; safe to share between app sessions (Grad-CAM takes a lock)."""
+    """Loads the shipped weights once; safe to share between app sessions: every use of the
+    classifiers takes one lock, since Grad-CAM's hooks would otherwise record another session's pass."""
 
     def __init__(self, weights_dir: str | Path | None = None, bf16: bool = True):
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
@@ -186,7 +187,7 @@ class Predictor:
         self.segmenter = SegmenterModel(load_model(seg, self.weights_dir), tuple(seg["input_hw"]),
                                         seg["normalization"], seg.get("threshold", 0.5),
                                         tuple(seg.get("tta", ())), bf16) if seg else None
-        self._cam_lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # -- classification
 
@@ -198,7 +199,8 @@ class Predictor:
             key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]))
             if key not in tensors:
                 tensors[key] = clf.tensor(images)
-            per_model[name] = clf.probabilities(tensors[key])
+            with self._lock:
+                per_model[name] = clf.probabilities(tensors[key])
         return combine(per_model, self.routing, self.prior, self.prior_correction), per_model
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
@@ -235,7 +237,8 @@ class Predictor:
                                 "close-up, or the lesion is larger than the field of view.")
         if self.ood:
             clf = self.classifiers[self.ood["model"]]
-            energy = float(clf.energy(clf.tensor([rgb]))[0])
+            with self._lock:
+                energy = float(clf.energy(clf.tensor([rgb]))[0])
             if energy < self.ood["energy_threshold"]:
                 warnings.append("This image looks unlike the training images (out-of-distribution score "
                                 f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")
@@ -257,7 +260,7 @@ class Predictor:
 
         clf = self.classifiers[model_name or self.routing[class_name]]
         x = clf.tensor([rgb])
-        with self._cam_lock:
+        with self._lock:
             heat = gradcam_map(clf.model, x, CLASSES.index(class_name))
         return heat_to_image(heat, rgb.shape[:2], clf.input_hw)
 

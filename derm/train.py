@@ -271,7 +271,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
             stop = StopFlag()
             stop.install()
         if ctx.is_main:
-            runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None,
+            runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None, note=None,
                               processes=ctx.world_size)
         try:
             return _train(config, run_dir, resume, stop, progress and ctx.is_main, ctx)
