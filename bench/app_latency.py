@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
+import torch  # noqa: E402
+
 from derm.data import resolve_data_dir  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402
@@ -38,7 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the app uses 1, see app_components)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     uploads = [p.read_bytes() for p in sorted((resolve_data_dir() / "originals").glob("*.jpg"))[:args.images]]
     predictors = {"bf16": Predictor(args.weights, bf16=True), "fp32": Predictor(args.weights, bf16=False)}
     for predictor in predictors.values():  # warm-up
