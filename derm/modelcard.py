@@ -89,6 +89,28 @@ def choices_section(metrics: dict, manifest: dict) -> list[str]:
     return lines
 
 
+def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
+    """Does the ensemble beat each single model? Said per split, with the reason when it does not."""
+    lines = []
+    for split in ("val", "test"):
+        reports = metrics["classifiers"][split]
+        ens = reports["ensemble"]
+        for name in (n for n in reports if n != "ensemble"):
+            rep = reports[name]
+            better = (ens["balanced_accuracy"] + ens["macro_f1"]) > (rep["balanced_accuracy"] + rep["macro_f1"])
+            lines.append(f"- {split}: the ensemble {'beats' if better else 'does not beat'} {name} "
+                         f"(balanced accuracy {ens['balanced_accuracy']:.3f} vs {rep['balanced_accuracy']:.3f}, "
+                         f"macro F1 {ens['macro_f1']:.3f} vs {rep['macro_f1']:.3f}).")
+    answering = {}
+    for c, m in manifest["ensemble"]["routing"].items():
+        answering.setdefault(m, []).append(c)
+    lines.append("- Who answers which class after validation: " +
+                 "; ".join(f"{m}: {', '.join(cs)}" for m, cs in answering.items()) +
+                 ". Where one model answers almost every class, the ensemble can only match it: the other model "
+                 "was not better on validation for those classes.")
+    return lines
+
+
 def render(weights_dir: Path, tried: list[str] | None = None) -> str:
     metrics = json.loads((weights_dir / "metrics.json").read_text())
     manifest = json.loads((weights_dir / "manifest.json").read_text())
@@ -120,6 +142,7 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
               "The reference write-up reported ResNet18 accuracy 0.880 / macro F1 0.70 and ResNet50 0.854 / 0.70 on a "
               "split *by image*, where shots of the same lesion sit in train and test; our split is by lesion, "
               "which is harder and honest.", "",
+              "Does the ensemble help?", "", *ensemble_verdict(metrics, manifest), "",
               "### Ensemble, test split, per class", "", *per_class_table(test["ensemble"]), "",
               "### Confusion matrices, test split", ""]
     for name, rep in test.items():
