@@ -161,18 +161,10 @@ def launch(train_args: list[str], name: str, root: Path | None = None) -> Path:
     The caller passes an argument list (never a shell string); output goes to runs/<id>/log.txt.
     The process outlives the app and the browser tab; the run's files are how anyone finds it again.
     """
-    busy = active_run(root)
-    if busy is not None:
-        raise RunBusyError(f"run {busy['id']} is still {busy['status'].get('state')}; this machine trains one run "
-                           "at a time: wait for it or stop it first")
+    _refuse_if_busy(root)
     run_dir = new_run_dir(name, root)
     write_status(run_dir, "queued", pid=None, error=None)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / "log.txt", "w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args, "--run-dir", str(run_dir)],
-                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
-    _record_pid(run_dir, process.pid)
+    _spawn(run_dir, [*train_args, "--run-dir", str(run_dir)], log_mode="w")
     return run_dir
 
 
@@ -181,17 +173,26 @@ def resume(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "last.pt").is_file():
         raise FileNotFoundError(f"{run_dir.name} has no checkpoint yet: it stopped before finishing an epoch")
-    busy = active_run(run_dir.parent)
-    if busy is not None:
-        raise RunBusyError(f"run {busy['id']} is still running: one run at a time")
+    _refuse_if_busy(run_dir.parent)
     write_status(run_dir, "queued", error=None)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / "log.txt", "a") as log:
-        process = subprocess.Popen([sys.executable, "-m", "derm", "train", "classifier", "--resume", str(run_dir)],
-                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
-    _record_pid(run_dir, process.pid)
+    _spawn(run_dir, ["classifier", "--resume", str(run_dir)], log_mode="a")
     return run_dir
+
+
+def _refuse_if_busy(root: Path | None) -> None:
+    busy = active_run(root)
+    if busy is not None:
+        raise RunBusyError(f"run {busy['id']} is still {busy['status'].get('state')}; this machine trains one run "
+                           "at a time: wait for it or stop it first")
+
+
+def _spawn(run_dir: Path, train_args: list[str], log_mode: str) -> None:
+    """`python -m derm train <train_args>` in its own session, output appended to the run's log.txt."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / "log.txt", log_mode) as log:
+        process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args], cwd=REPO_ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    _record_pid(run_dir, process.pid)
 
 
 def stop(run_dir: Path) -> bool:
