@@ -34,11 +34,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
     p.add_argument("--run-dir", help="write into this run folder (made by a launcher)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from its last.pt")
+    p.add_argument("--init", metavar="RUN_DIR", help="warm start: begin from this run's best.pt weights "
+                   "with a fresh optimiser and schedule (train a finished run further)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from derm.train import TrainConfig, train
+    from derm.train import TrainConfig, init_checkpoint, train
 
     if args.runs:
         import os
@@ -51,9 +53,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, height=args.height, width=args.width, sampling=args.sampling,
             augment=args.augment, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
             precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
-            limit=args.limit, threads=args.threads, data=args.data, split=args.split)
+            limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init)
         try:
             config.validate()
+            if config.init and not init_checkpoint(config.init).is_file():
+                raise ValueError(f"--init: no checkpoint at {init_checkpoint(config.init)}")
         except ValueError as exc:
             print(f"derm train: {exc}", file=sys.stderr)
             return 2

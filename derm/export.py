@@ -58,6 +58,8 @@ def command_for(config: dict) -> str:
             parts.append(f"--{key.replace('_', '-')} {config[key]}")
     if config["precision"] == "fp32":
         parts.append("--fp32")
+    if config.get("init"):
+        parts.append(f"--init {config['init']}")
     return " ".join(parts)
 
 

@@ -18,7 +18,7 @@ from derm.train import TrainConfig
 
 # TrainConfig fields that `python -m derm train` takes as --flag value
 CLI_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-              "epoch_samples", "label_smoothing", "unet_width", "seed", "limit", "threads", "data", "split")
+              "epoch_samples", "label_smoothing", "unet_width", "seed", "limit", "threads", "data", "split", "init")
 CLASSIFIER_CURVES = ("balanced_accuracy", "macro_f1", "macro_auc", "accuracy")
 SEGMENTER_CURVES = ("dice", "iou")
 

@@ -52,6 +52,7 @@ class TrainConfig:
     split: str = "weights/split.csv"
     limit: int = 0  # if > 0, use at most this many images per split (quick tests)
     threads: int = 0  # 0 = all cores
+    init: str | None = None  # warm start: a run folder (its best.pt) or checkpoint whose weights start this run
     normalization: dict = field(default_factory=dict)  # filled from the train split at start
 
     @classmethod
@@ -92,6 +93,27 @@ class TrainConfig:
             problems.append("U-Net width must be between 4 and 128")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def init_checkpoint(init: str) -> Path:
+    """A run folder means its best.pt; anything else is a checkpoint file."""
+    path = Path(init)
+    return path / "best.pt" if path.is_dir() else path
+
+
+def load_init_weights(model: nn.Module, config: TrainConfig, device: torch.device) -> dict:
+    """Load the warm-start weights into `model`; returns the normalisation they were trained with.
+
+    A warm start keeps the weights but starts a fresh optimiser and one-cycle schedule (a warm
+    restart): the way to train a finished run further without changing its recorded history.
+    """
+    state = torch.load(init_checkpoint(config.init), map_location=device, weights_only=False)
+    source = state.get("config", {})
+    for key in ("task", "arch", "unet_width"):
+        if key in source and source[key] != getattr(config, key):
+            raise ValueError(f"--init checkpoint has {key}={source[key]!r}, this run {getattr(config, key)!r}")
+    model.load_state_dict(state["model"])
+    return source.get("normalization") or {}
 
 
 # ----------------------------------------------------------------------------- data in memory
@@ -295,13 +317,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     splits, norm = load_splits(config)
     if ctx.is_main:
         distributed.barrier(ctx)
+    model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
+    if config.init and not resume:  # a warm-started model keeps the statistics its weights were trained with
+        config.normalization = load_init_weights(model, config, device) or config.normalization
     if config.normalization:  # a resumed run keeps the statistics it started with
         norm = data.Normalization(tuple(config.normalization["mean"]), tuple(config.normalization["std"]))
     config.normalization = norm.to_dict()
     if ctx.is_main:
         runs.write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
 
-    model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     train_split = splits["train"]
     steps_per_epoch = math.ceil(len(epoch_indices(train_split.labels, config.sampling, config.epoch_samples,

@@ -65,6 +65,31 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, split_file, data_dir):
     assert runs.read_status(run_dir)["state"] == "finished"
 
 
+def test_init_warm_starts_from_a_finished_run_with_a_fresh_schedule(tmp_path, split_file, data_dir):
+    # source and warm start from different seeds: were --init ignored, warm would equal cold exactly
+    source = train(small_config(split_file, limit=64, seed=1), tmp_path / "source", progress=False)
+    source_state = torch.load(source / "best.pt", weights_only=False)
+    warm = train(small_config(split_file, limit=64, lr=1e-6, init=str(source)), tmp_path / "warm", progress=False)
+    cold = train(small_config(split_file, limit=64, lr=1e-6), tmp_path / "cold", progress=False)
+    key = "conv1.weight"
+    start = source_state["model"][key]
+    warm_w = torch.load(warm / "best.pt", weights_only=False)["model"][key]
+    cold_w = torch.load(cold / "best.pt", weights_only=False)["model"][key]
+    assert (warm_w - start).abs().max() < 1e-3 < (cold_w - start).abs().max()
+    config = json.loads((warm / "config.json").read_text())
+    assert config["init"] == str(source) and config["normalization"] == source_state["config"]["normalization"]
+    assert [m["epoch"] for m in runs.read_metrics(warm)] == [1]  # its own history, not the source's
+
+
+def test_init_from_another_architecture_is_refused(tmp_path, split_file, data_dir):
+    source = train(small_config(split_file, limit=64), tmp_path / "source", progress=False)
+    config = TrainConfig.for_task("classifier", "resnet50", epochs=1, limit=64, height=48, width=64,
+                                  split=str(split_file), init=str(source))
+    with pytest.raises(ValueError, match="arch"):
+        train(config, tmp_path / "bad", progress=False)
+    assert runs.read_status(tmp_path / "bad")["state"] == "failed"
+
+
 def test_sigterm_stops_cleanly_and_keeps_the_checkpoint(tmp_path, split_file, data_dir):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "derm", "train", "classifier", "--epochs", "50", "--limit", "64", "--height", "48",
