@@ -240,10 +240,32 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list training runs with their best validation numbers",
+                       description="One row per run folder, newest first: settings, progress, best-epoch "
+                                   "validation metrics. Compare runs (e.g. an ablation) on validation.")
+    p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from derm.jobs import runs_table
+
+    table = runs_table(runs.list_runs(Path(args.runs) if args.runs else None))
+    if table.empty:
+        print("no runs found", file=sys.stderr)
+        return 1
+    table = table.dropna(axis=1, how="all")
+    print(table.to_csv(index=False) if args.format == "csv" else table.to_string(index=False, float_format="%.4f"),
+          end="" if args.format == "csv" else "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card):
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs):
         add(sub)
     return parser
 

@@ -78,6 +78,8 @@ def runs_table(all_runs: list[dict]) -> pd.DataFrame:
         best = best_record(records, status.get("best_epoch"))
         rows.append({
             "run": run["id"], "task": config.get("task"), "arch": config.get("arch"), "state": status.get("state"),
+            "input": f"{config['height']}x{config['width']}" if "height" in config else None,
+            "sampling": config.get("sampling"), "augment": config.get("augment"),
             "epoch": f"{status.get('epoch') or 0}/{status.get('epochs') or config.get('epochs')}",
             "best epoch": status.get("best_epoch"), "best score": status.get("best_score"),
             **{k: best.get(k) for k in (*CLASSIFIER_CURVES[:3], *SEGMENTER_CURVES)},

@@ -52,5 +52,17 @@ def test_missing_weights_is_one_clear_line(tmp_path, original_image):
 
 
 def test_every_command_has_help():
-    for command in ("train", "evaluate", "export", "predict", "segment"):
+    for command in ("train", "evaluate", "export", "predict", "segment", "card", "runs"):
         assert run_cli(command, "--help").returncode == 0
+
+
+def test_runs_lists_each_run_with_its_settings_and_best_validation_numbers(tiny_runs, tmp_path):
+    root = next(iter(tiny_runs.values())).parent
+    result = run_cli("runs", "--runs", root, "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO(result.stdout))}
+    assert set(tiny_runs) <= set(rows)
+    assert rows["resnet18"]["input"] == "48x64" and rows["resnet18"]["sampling"] == "sqrt"
+    assert 0 <= float(rows["resnet18"]["balanced_accuracy"]) <= 1 and 0 <= float(rows["unet"]["dice"]) <= 1
+    empty = run_cli("runs", "--runs", tmp_path)
+    assert empty.returncode == 1 and "no runs" in empty.stderr
