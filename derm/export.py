@@ -45,22 +45,14 @@ def training_record(run_dir: Path, config: dict) -> dict:
 
 
 def command_for(config: dict) -> str:
-    """The `python -m derm train` line that reproduces a config (non-default flags only)."""
-    from derm.train import TrainConfig
+    """The `python -m derm train` line that reproduces a config (non-default settings only)."""
+    import dataclasses
 
-    default = TrainConfig.for_task(config["task"], config["arch"] if config["task"] == "classifier" else None)
-    parts = ["python -m derm train", config["task"]]
-    if config["task"] == "classifier":
-        parts.append(f"--arch {config['arch']}")
-    for key in ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-                "epoch_samples", "label_smoothing", "unet_width", "seed"):
-        if config[key] != getattr(default, key) or key == "epochs":
-            parts.append(f"--{key.replace('_', '-')} {config[key]}")
-    if config["precision"] == "fp32":
-        parts.append("--fp32")
-    if config.get("init"):
-        parts.append(f"--init {config['init']}")
-    return " ".join(parts)
+    from derm.train import RECIPE_FIELDS, TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    recipe = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    return " ".join(["python -m derm train", *recipe.cli_args(RECIPE_FIELDS, only_changed=True)])
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -16,25 +16,13 @@ from derm import runs
 from derm.export import export
 from derm.train import TrainConfig
 
-# TrainConfig fields that `python -m derm train` takes as --flag value
-CLI_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-              "epoch_samples", "label_smoothing", "unet_width", "seed", "limit", "threads", "data", "split", "init")
 CLASSIFIER_CURVES = ("balanced_accuracy", "macro_f1", "macro_auc", "accuracy")
 SEGMENTER_CURVES = ("dice", "iou")
 
 
 def train_args(config: TrainConfig) -> list[str]:
     """The argument list for `python -m derm train` that rebuilds exactly this config."""
-    args = [config.task]
-    if config.task == "classifier":
-        args += ["--arch", config.arch]
-    for name in CLI_FIELDS:
-        value = getattr(config, name)
-        if value is not None:
-            args += [f"--{name.replace('_', '-')}", str(value)]
-    if config.precision == "fp32":
-        args.append("--fp32")
-    return args
+    return config.cli_args()
 
 
 def run_name(text: str, config: TrainConfig) -> str:

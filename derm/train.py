@@ -27,6 +27,10 @@ from derm.metrics import batch_dice_iou, classification_report, selection_score
 from derm.models import CLASSIFIER_ARCHS, build_model
 
 SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
+# TrainConfig fields that `python -m derm train` takes as --flag value: the recipe, then where it runs
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
+                 "epoch_samples", "label_smoothing", "unet_width", "seed", "init")
+CLI_FIELDS = (*RECIPE_FIELDS, "limit", "threads", "data", "split")
 
 
 @dataclass
@@ -65,6 +69,18 @@ class TrainConfig:
             base = dict(task="classifier", arch=arch or "resnet18")
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+    def cli_args(self, fields: tuple[str, ...] = CLI_FIELDS, only_changed: bool = False) -> list[str]:
+        """The `python -m derm train` arguments that rebuild this config. only_changed leaves out
+        values equal to the task's defaults (for a readable recipe) but always states the epochs."""
+        default = TrainConfig.for_task(self.task, self.arch if self.task == "classifier" else None)
+        args = [self.task] + (["--arch", self.arch] if self.task == "classifier" else [])
+        for name in fields:
+            value = getattr(self, name)
+            if value is None or (only_changed and name != "epochs" and value == getattr(default, name)):
+                continue
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        return args + (["--fp32"] if self.precision == "fp32" else [])
 
     def validate(self) -> None:
         """Raise ValueError with a user-facing message for out-of-range settings."""

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -46,3 +47,12 @@ def test_model_card_reports_the_shipped_numbers(tiny_weights):
     assert f"| test | ensemble | {ensemble['accuracy']:.3f} | {ensemble['balanced_accuracy']:.3f} |" in card
     assert "| true \\ predicted | AKIEC" in card and "Tschandl" in card
     assert f"| {metrics['segmenter']['test']['dice']:.3f} |" in card
+
+
+def test_training_command_states_only_what_differs_from_the_defaults():
+    from derm.export import command_for
+    from derm.train import TrainConfig
+
+    config = dataclasses.asdict(TrainConfig.for_task("classifier", "resnet50", epochs=8, height=112, init="runs/a"))
+    config["code_version"] = "abc"  # extra keys in an older config.json are ignored
+    assert command_for(config) == "python -m derm train classifier --arch resnet50 --epochs 8 --height 112 --init runs/a"

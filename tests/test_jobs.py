@@ -5,20 +5,20 @@ import pytest
 
 from derm import jobs, runs
 from derm.cli import build_parser
-from derm.train import TrainConfig
+from derm.train import CLI_FIELDS, TrainConfig
 
 
 @pytest.mark.parametrize("config", [
     TrainConfig.for_task("classifier", "resnet50", epochs=3, lr=3e-4, batch_size=24, height=96, width=128,
                          sampling="balanced", augment="flips", limit=32),
-    TrainConfig.for_task("segmenter", precision="fp32", unet_width=16),
+    TrainConfig.for_task("segmenter", precision="fp32", unet_width=16, init="runs/earlier-unet"),
 ])
 def test_train_args_rebuild_the_config_through_the_cli(config):
     args = build_parser().parse_args(["train", *jobs.train_args(config)])
     assert args.task == config.task and args.fp32 == (config.precision == "fp32")
     if config.task == "classifier":
         assert args.arch == config.arch
-    for name in jobs.CLI_FIELDS:
+    for name in CLI_FIELDS:
         assert getattr(args, name) == getattr(config, name), name
 
 
