@@ -38,10 +38,20 @@ def code_version() -> str:
 
 
 def training_record(run_dir: Path, config: dict) -> dict:
+    """How a model was trained: its run, commands and time here. A warm-started run (--init) adds
+    the run it started from, so the time and the commands cover the whole chain."""
     metrics = runs.read_metrics(run_dir)
-    return {"run": run_dir.name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
-            "seconds": round(sum(m["seconds"] for m in metrics), 1),
-            "command": command_for(config), "code_version": config.get("code_version") or code_version()}
+    record = {"run": Path(run_dir).name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
+              "seconds": round(sum(m["seconds"] for m in metrics), 1),
+              "command": command_for(config), "code_version": config.get("code_version") or code_version()}
+    source = Path(config["init"]) if config.get("init") else None
+    if source is not None and (source / "config.json").is_file():
+        source_config = {**runs.read_json(source / "config.json"), "best_epoch": runs.read_status(source).get("best_epoch")}
+        earlier = training_record(source, source_config)
+        record.update(warm_start_from=earlier["run"], epochs_before=earlier.get("epochs_before", 0) + earlier["epochs"],
+                      seconds=round(earlier["seconds"] + record["seconds"], 1),
+                      command=f"{earlier['command']}; then {record['command']}")
+    return record
 
 
 def command_for(config: dict) -> str:
@@ -52,6 +62,8 @@ def command_for(config: dict) -> str:
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    if recipe.init and not recipe.init.endswith(".pt"):  # a run folder: name it as it would be on any machine
+        recipe.init = f"runs/{Path(recipe.init).name}"
     return " ".join(["python -m derm train", *recipe.cli_args(RECIPE_FIELDS, only_changed=True)])
 
 

@@ -111,6 +111,13 @@ def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
     return lines
 
 
+def trained_for(training: dict) -> str:
+    """'16 epochs', or '8 + 5 epochs (warm restart)' for a run started from another run's weights."""
+    if training.get("epochs_before"):
+        return f"{training['epochs_before']} + {training['epochs']} epochs (warm restart)"
+    return f"{training['epochs']} epochs"
+
+
 def render(weights_dir: Path, tried: list[str] | None = None) -> str:
     metrics = json.loads((weights_dir / "metrics.json").read_text())
     manifest = json.loads((weights_dir / "manifest.json").read_text())
@@ -124,7 +131,7 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
     for name, entry in manifest["models"].items():
         t = entry["training"]
         lines.append(f"| {name} | {entry['arch']}{' width ' + str(entry['width']) if 'width' in entry else ''} | "
-                     f"{entry['input_hw'][0]} x {entry['input_hw'][1]} | {t['epochs']} epochs | {t['best_epoch']} | "
+                     f"{entry['input_hw'][0]} x {entry['input_hw'][1]} | {trained_for(t)} | {t['best_epoch']} | "
                      f"{t['seconds'] / 60:.0f} min | `{t['command']}` |")
     lines += ["", "All trained from scratch (random initialisation; no pretrained weights) on the lesion-grouped "
               "train split, bf16 autocast on a 2-core CPU. Normalisation statistics from the train split.", "",

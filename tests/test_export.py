@@ -56,3 +56,22 @@ def test_training_command_states_only_what_differs_from_the_defaults():
     config = dataclasses.asdict(TrainConfig.for_task("classifier", "resnet50", epochs=8, height=112, init="runs/a"))
     config["code_version"] = "abc"  # extra keys in an older config.json are ignored
     assert command_for(config) == "python -m derm train classifier --arch resnet50 --epochs 8 --height 112 --init runs/a"
+
+
+def test_a_warm_started_model_records_the_whole_training_chain(tiny_runs, tmp_path):
+    from derm import runs
+    from derm.evaluate import load_checkpoint_model
+    from derm.export import training_record
+    from derm.train import TrainConfig, train
+
+    source = tiny_runs["unet"]
+    source_config = json.loads((source / "config.json").read_text())
+    config = TrainConfig.for_task("segmenter", epochs=1, limit=32, batch_size=16, unet_width=8, init=str(source),
+                                  height=source_config["height"], width=source_config["width"],
+                                  split=source_config["split"])
+    warm = train(config, tmp_path / "warm", progress=False)
+    record = training_record(warm, load_checkpoint_model(warm)[1])
+    seconds = [sum(m["seconds"] for m in runs.read_metrics(r)) for r in (source, warm)]
+    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
+    assert abs(record["seconds"] - sum(seconds)) < 0.2
+    assert record["command"].endswith(f"--init runs/{source.name}") and "; then " in record["command"]
