@@ -75,3 +75,6 @@ def test_a_warm_started_model_records_the_whole_training_chain(tiny_runs, tmp_pa
     assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
     assert abs(record["seconds"] - sum(seconds)) < 0.2
     assert record["command"].endswith(f"--init runs/{source.name}") and "; then " in record["command"]
+    from derm.modelcard import trained_for
+
+    assert trained_for(record) == "1 + 1 epochs (warm restart)" and trained_for({"epochs": 16}) == "16 epochs"
