@@ -168,10 +168,11 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
     if tried:
         lines += ["## What was tried", "", *tried, ""]
     lines += LIMITATIONS + ["## Reproduce", "", "```",
-                            "bash scripts/train_shipped.sh        # the three training runs, one after another",
+                            "bash scripts/train_shipped.sh   # the training runs, the export and this card",
+                            "# or, from runs you trained yourself:",
                             "python -m derm export --resnet18 runs/<resnet18 run> --resnet50 runs/<resnet50 run> "
                             "--unet runs/<unet run>",
-                            "python -m derm card                  # this file", "```", "",
+                            "python -m derm card", "```", "",
                             f"Code version of the export: `{manifest.get('code_version')}`.", ""]
     return "\n".join(lines)
 

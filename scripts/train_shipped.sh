@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# The exact commands that trained the shipped models (weights/), one after another on this 2-core CPU.
-# Each writes runs/<id>/; then `python -m derm export` builds weights/ from the three best runs.
+# The exact commands that trained the shipped models (weights/), one after another on this 2-core CPU,
+# then the export that builds weights/ from them (every choice made on validation) and the model card.
+# Two models were trained further with a warm restart (--init: the earlier run's best weights, a fresh
+# optimiser and one-cycle schedule), so they take two runs each. About 2.5 hours here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m derm train classifier --arch resnet18 --epochs 16
-python -m derm train segmenter --epochs 8
-python -m derm train classifier --arch resnet50 --height 112 --width 150 --sampling balanced --epoch-samples 4000 --epochs 8
+R=${DERM_RUNS:-runs}
+python -m derm train classifier --arch resnet18 --epochs 30 --run-dir "$R/resnet18"
+python -m derm train segmenter --epochs 8 --run-dir "$R/unet-a"
+python -m derm train segmenter --epochs 5 --lr 5e-4 --init "$R/unet-a" --run-dir "$R/unet"
+python -m derm train classifier --arch resnet50 --height 112 --width 150 --sampling balanced --epoch-samples 4000 \
+  --epochs 8 --run-dir "$R/resnet50-a"
+python -m derm train classifier --arch resnet50 --height 112 --width 150 --sampling balanced --epoch-samples 4000 \
+  --epochs 8 --lr 1e-3 --init "$R/resnet50-a" --run-dir "$R/resnet50"
+python -m derm export --resnet18 "$R/resnet18" --resnet50 "$R/resnet50" --unet "$R/unet" --out weights
+python -m derm card
