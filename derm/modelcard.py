@@ -98,7 +98,8 @@ def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
         for name in (n for n in reports if n != "ensemble"):
             rep = reports[name]
             better = (ens["balanced_accuracy"] + ens["macro_f1"]) > (rep["balanced_accuracy"] + rep["macro_f1"])
-            lines.append(f"- {split}: the ensemble {'beats' if better else 'does not beat'} {name} "
+            lines.append(f"- {split}: the ensemble {'beats' if better else 'does not beat'} {name} on the mean of "
+                         "balanced accuracy and macro F1 "
                          f"(balanced accuracy {ens['balanced_accuracy']:.3f} vs {rep['balanced_accuracy']:.3f}, "
                          f"macro F1 {ens['macro_f1']:.3f} vs {rep['macro_f1']:.3f}).")
     answering = {}
