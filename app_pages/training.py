@@ -62,7 +62,7 @@ def start_run(config: TrainConfig, name: str) -> Path | None:
         st.error(f"Not started: {exc}.")
         return None
     try:
-        run_dir = runs.launch(jobs.train_args(config), jobs.run_name(name, config))
+        run_dir = runs.launch(config.cli_args(), jobs.run_name(name, config))
     except runs.RunBusyError as exc:
         st.error(f"Not started: {exc}.")
         return None

@@ -22,6 +22,7 @@ from derm.evaluate import (classifier_probabilities, full_resolution_scores, loa
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
+from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import save_state_fp16
 
 FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
@@ -56,12 +57,7 @@ def training_record(run_dir: Path, config: dict) -> dict:
 
 def command_for(config: dict) -> str:
     """The `python -m derm train` line that reproduces a config (non-default settings only)."""
-    import dataclasses
-
-    from derm.train import RECIPE_FIELDS, TrainConfig
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = TrainConfig(**{k: v for k, v in config.items() if k in known})
+    recipe = TrainConfig.from_dict(config)
     if recipe.init and not recipe.init.endswith(".pt"):  # a run folder: name it as it would be on any machine
         recipe.init = f"runs/{Path(recipe.init).name}"
     return " ".join(["python -m derm train", *recipe.cli_args(RECIPE_FIELDS, only_changed=True)])

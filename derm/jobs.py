@@ -20,11 +20,6 @@ CLASSIFIER_CURVES = ("balanced_accuracy", "macro_f1", "macro_auc", "accuracy")
 SEGMENTER_CURVES = ("dice", "iou")
 
 
-def train_args(config: TrainConfig) -> list[str]:
-    """The argument list for `python -m derm train` that rebuilds exactly this config."""
-    return config.cli_args()
-
-
 def run_name(text: str, config: TrainConfig) -> str:
     """A folder-safe run name from what the user typed; the architecture when they typed nothing."""
     cleaned = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-")[:40]

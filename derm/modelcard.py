@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from derm.classes import CLASSES, FULL_NAMES
+from derm.metrics import selection_score
 
 BARS = {"balanced_accuracy": 0.70, "macro_f1": 0.62, "macro_auc": 0.93, "accuracy": 0.75}
 SEG_BARS = {"dice": 0.93, "iou": 0.87}
@@ -97,7 +98,7 @@ def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
         ens = reports["ensemble"]
         for name in (n for n in reports if n != "ensemble"):
             rep = reports[name]
-            better = (ens["balanced_accuracy"] + ens["macro_f1"]) > (rep["balanced_accuracy"] + rep["macro_f1"])
+            better = selection_score(ens) > selection_score(rep)
             lines.append(f"- {split}: the ensemble {'beats' if better else 'does not beat'} {name} on the mean of "
                          "balanced accuracy and macro F1 "
                          f"(balanced accuracy {ens['balanced_accuracy']:.3f} vs {rep['balanced_accuracy']:.3f}, "

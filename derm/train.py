@@ -70,6 +70,12 @@ class TrainConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a saved config.json; keys this version does not know are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
     def cli_args(self, fields: tuple[str, ...] = CLI_FIELDS, only_changed: bool = False) -> list[str]:
         """The `python -m derm train` arguments that rebuild this config. only_changed leaves out
         values equal to the task's defaults (for a readable recipe) but always states the epochs."""
@@ -299,7 +305,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
     ctx = distributed.setup()
     try:
         if resume:
-            config = TrainConfig(**runs.read_json(Path(run_dir) / "config.json"))
+            config = TrainConfig.from_dict(runs.read_json(Path(run_dir) / "config.json"))
         config.validate()
         if ctx.is_main:
             run_dir = Path(run_dir) if run_dir else runs.new_run_dir(f"{config.arch}")

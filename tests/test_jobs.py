@@ -14,7 +14,7 @@ from derm.train import CLI_FIELDS, TrainConfig
     TrainConfig.for_task("segmenter", precision="fp32", unet_width=16, init="runs/earlier-unet"),
 ])
 def test_train_args_rebuild_the_config_through_the_cli(config):
-    args = build_parser().parse_args(["train", *jobs.train_args(config)])
+    args = build_parser().parse_args(["train", *config.cli_args()])
     assert args.task == config.task and args.fp32 == (config.precision == "fp32")
     if config.task == "classifier":
         assert args.arch == config.arch
