@@ -34,13 +34,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
     p.add_argument("--run-dir", help="write into this run folder (made by a launcher)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from its last.pt")
-    p.add_argument("--init", metavar="RUN_DIR", help="warm start: begin from this run's best.pt weights "
-                   "with a fresh optimiser and schedule (train a finished run further)")
+    p.add_argument("--init", metavar="RUN_DIR", help="warm start: begin from this run's best.pt weights, or "
+                   "from shipped weights (weights/resnet50.safetensors), with a fresh optimiser and schedule")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from derm.train import TrainConfig, init_checkpoint, train
+    from derm.train import TrainConfig, check_init_matches, init_checkpoint, read_init_source, train
 
     if args.runs:
         import os
@@ -58,7 +58,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.validate()
             if config.init and not init_checkpoint(config.init).is_file():
                 raise ValueError(f"--init: no checkpoint at {init_checkpoint(config.init)}")
-        except ValueError as exc:
+            if config.init:
+                check_init_matches(config, read_init_source(config.init)[1])
+        except (ValueError, FileNotFoundError) as exc:  # bad settings, or --init weights without a manifest
             print(f"derm train: {exc}", file=sys.stderr)
             return 2
         run_dir = train(config, Path(args.run_dir) if args.run_dir else None)

@@ -42,23 +42,36 @@ def training_record(run_dir: Path, config: dict) -> dict:
     """How a model was trained: its run, commands and time here. A warm-started run (--init) adds
     the run it started from, so the time and the commands cover the whole chain."""
     metrics = runs.read_metrics(run_dir)
+    earlier = earlier_training_record(run_dir, config)
+    if earlier is not None and str(config["init"]).endswith(".safetensors"):
+        config = {**config, "init": f"runs/{earlier['run']}"}  # shipped weights are that run's best, in fp16
     record = {"run": Path(run_dir).name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
               "seconds": round(sum(m["seconds"] for m in metrics), 1),
               "command": command_for(config), "code_version": config.get("code_version") or code_version()}
-    source = Path(config["init"]) if config.get("init") else None
-    if source is not None and (source / "config.json").is_file():
-        source_config = {**runs.read_json(source / "config.json"), "best_epoch": runs.read_status(source).get("best_epoch")}
-        earlier = training_record(source, source_config)
+    if earlier is not None:
         record.update(warm_start_from=earlier["run"], epochs_before=earlier.get("epochs_before", 0) + earlier["epochs"],
                       seconds=round(earlier["seconds"] + record["seconds"], 1),
                       command=f"{earlier['command']}; then {record['command']}")
     return record
 
 
+def earlier_training_record(run_dir: Path, config: dict) -> dict | None:
+    """The training record of what a warm-started run began from: its source run if that is still
+    here, else the record copied from the shipped weights' manifest when the run started."""
+    copied = Path(run_dir) / runs.INIT_TRAINING_FILE
+    if copied.is_file():
+        return runs.read_json(copied)
+    source = Path(config["init"]) if config.get("init") else None
+    if source is not None and (source / "config.json").is_file():
+        source_config = {**runs.read_json(source / "config.json"), "best_epoch": runs.read_status(source).get("best_epoch")}
+        return training_record(source, source_config)
+    return None
+
+
 def command_for(config: dict) -> str:
     """The `python -m derm train` line that reproduces a config (non-default settings only)."""
     recipe = TrainConfig.from_dict(config)
-    if recipe.init and not recipe.init.endswith(".pt"):  # a run folder: name it as it would be on any machine
+    if recipe.init and not recipe.init.endswith((".pt", ".safetensors")):  # a run folder: name it as it would be on any machine
         recipe.init = f"runs/{Path(recipe.init).name}"
     return " ".join(["python -m derm train", *recipe.cli_args(RECIPE_FIELDS, only_changed=True)])
 

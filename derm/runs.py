@@ -9,6 +9,7 @@ runs/<id>/
   last.pt          checkpoint after the last finished epoch (resume from it)
   best.pt          checkpoint of the best epoch by the validation selection metric
   log.txt          stdout/stderr of a run started in the background
+  init_training.json  a run warm-started from shipped weights: their manifest's training record
   eval/            metrics.json and predictions.csv written by `derm evaluate`
 
 Every file is written atomically (temp file + rename), so a reader never sees half a file.
@@ -30,6 +31,7 @@ from derm.data import REPO_ROOT
 STATES = ("queued", "running", "finished", "failed", "stopped")
 ACTIVE_STATES = ("queued", "running")
 RUNS_ENV = "DERM_RUNS"
+INIT_TRAINING_FILE = "init_training.json"
 
 
 def runs_root() -> Path:

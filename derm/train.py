@@ -20,7 +20,7 @@ from torch import nn
 
 from torch.nn.parallel import DistributedDataParallel
 
-from derm import data, distributed, runs
+from derm import data, distributed, runs, weights
 from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
 from derm.classes import NUM_CLASSES
 from derm.metrics import batch_dice_iou, classification_report, selection_score
@@ -56,7 +56,7 @@ class TrainConfig:
     split: str = "weights/split.csv"
     limit: int = 0  # if > 0, use at most this many images per split (quick tests)
     threads: int = 0  # 0 = all cores
-    init: str | None = None  # warm start: a run folder (its best.pt) or checkpoint whose weights start this run
+    init: str | None = None  # warm start: a run folder (its best.pt), a checkpoint or a shipped .safetensors
     normalization: dict = field(default_factory=dict)  # filled from the train split at start
 
     @classmethod
@@ -118,24 +118,44 @@ class TrainConfig:
 
 
 def init_checkpoint(init: str) -> Path:
-    """A run folder means its best.pt; anything else is a checkpoint file."""
+    """A run folder means its best.pt; anything else is a checkpoint or shipped .safetensors file."""
     path = Path(init)
     return path / "best.pt" if path.is_dir() else path
 
 
-def load_init_weights(model: nn.Module, config: TrainConfig, device: torch.device) -> dict:
-    """Load the warm-start weights into `model`; returns the normalisation they were trained with.
+def read_init_source(init: str) -> tuple[dict, dict]:
+    """The warm-start weights and what they were trained as (task, arch, width, normalisation and,
+    for shipped weights, the manifest's training record). Shipped weights are read through their
+    manifest, so a fresh clone can train its weights further without the runs that made them."""
+    path = init_checkpoint(init)
+    if path.suffix != ".safetensors":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return state["model"], state.get("config", {})
+    entry = weights.manifest_entry_for_file(path)
+    source = {"task": "segmenter" if entry["arch"] == "unet" else "classifier", "arch": entry["arch"],
+              "normalization": entry["normalization"], "training": entry.get("training", {})}
+    if entry["arch"] == "unet":
+        source["unet_width"] = entry.get("width", 32)
+    return weights.load_state_fp32(path), source
+
+
+def load_init_weights(model: nn.Module, config: TrainConfig) -> dict:
+    """Load the warm-start weights into `model`; returns what `read_init_source` says of them.
 
     A warm start keeps the weights but starts a fresh optimiser and one-cycle schedule (a warm
     restart): the way to train a finished run further without changing its recorded history.
     """
-    state = torch.load(init_checkpoint(config.init), map_location=device, weights_only=False)
-    source = state.get("config", {})
+    state, source = read_init_source(config.init)
+    check_init_matches(config, source)
+    model.load_state_dict(state)
+    return source
+
+
+def check_init_matches(config: TrainConfig, source: dict) -> None:
+    """Weights only fit the architecture (and U-Net width) they were trained as."""
     for key in ("task", "arch", "unet_width"):
         if key in source and source[key] != getattr(config, key):
             raise ValueError(f"--init checkpoint has {key}={source[key]!r}, this run {getattr(config, key)!r}")
-    model.load_state_dict(state["model"])
-    return source.get("normalization") or {}
 
 
 # ----------------------------------------------------------------------------- data in memory
@@ -341,7 +361,10 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
         distributed.barrier(ctx)
     model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
     if config.init and not resume:  # a warm-started model keeps the statistics its weights were trained with
-        config.normalization = load_init_weights(model, config, device) or config.normalization
+        source = load_init_weights(model, config)
+        config.normalization = source.get("normalization") or config.normalization
+        if ctx.is_main and source.get("training"):  # shipped weights: keep how they were made for the record
+            runs.write_json_atomic(run_dir / runs.INIT_TRAINING_FILE, source["training"])
     if config.normalization:  # a resumed run keeps the statistics it started with
         norm = data.Normalization(tuple(config.normalization["mean"]), tuple(config.normalization["std"]))
     config.normalization = norm.to_dict()

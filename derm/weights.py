@@ -45,11 +45,24 @@ def save_state_fp16(model: nn.Module, path: Path) -> None:
     save_file(state, str(path))
 
 
+def load_state_fp32(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors state dict (no pickle) with its float tensors back in fp32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+
+
+def manifest_entry_for_file(path: Path) -> dict:
+    """The manifest entry of a shipped weights file, from the manifest.json beside it."""
+    path = Path(path)
+    for entry in read_manifest(path.parent)["models"].values():
+        if entry["file"] == path.name:
+            return entry
+    raise WeightsNotFoundError(f"{path.parent / 'manifest.json'} names no model stored in {path.name}")
+
+
 def load_model(entry: dict, weights_dir: Path) -> nn.Module:
     """Build the architecture named in a manifest entry and load its safetensors (no pickle) in fp32."""
     model = build_model(entry["arch"], entry.get("width", 32))
-    state = load_file(str(Path(weights_dir) / entry["file"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(load_state_fp32(Path(weights_dir) / entry["file"]))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)  # Grad-CAM needs gradients; inference runs under no_grad anyway

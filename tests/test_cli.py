@@ -66,3 +66,10 @@ def test_runs_lists_each_run_with_its_settings_and_best_validation_numbers(tiny_
     assert 0 <= float(rows["resnet18"]["balanced_accuracy"]) <= 1 and 0 <= float(rows["unet"]["dice"]) <= 1
     empty = run_cli("runs", "--runs", tmp_path)
     assert empty.returncode == 1 and "no runs" in empty.stderr
+
+
+def test_train_refuses_shipped_weights_of_another_architecture_in_one_line(tiny_weights):
+    result = run_cli("train", "classifier", "--arch", "resnet18", "--epochs", "1", "--limit", "8",
+                     "--init", tiny_weights / "resnet50.safetensors")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "arch='resnet50'" in result.stderr

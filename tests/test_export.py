@@ -78,3 +78,26 @@ def test_a_warm_started_model_records_the_whole_training_chain(tiny_runs, tmp_pa
     from derm.modelcard import trained_for
 
     assert trained_for(record) == "1 + 1 epochs (warm restart)" and trained_for({"epochs": 16}) == "16 epochs"
+
+
+def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(tiny_weights, tiny_runs, tmp_path):
+    from safetensors.torch import load_file
+
+    from derm.evaluate import load_checkpoint_model
+    from derm.export import training_record
+    from derm.train import TrainConfig, train
+
+    source = tiny_runs["unet"]
+    source_config = json.loads((source / "config.json").read_text())
+    config = TrainConfig.for_task("segmenter", epochs=1, limit=32, batch_size=16, unet_width=8, lr=1e-6,
+                                  init=str(tiny_weights / "unet.safetensors"), height=source_config["height"],
+                                  width=source_config["width"], split=source_config["split"])
+    warm = train(config, tmp_path / "warm", progress=False)
+    model, warm_config = load_checkpoint_model(warm)
+    shipped = load_file(str(tiny_weights / "unet.safetensors"))
+    key = next(k for k, v in shipped.items() if v.is_floating_point() and v.ndim == 4)
+    assert (model.state_dict()[key] - shipped[key].float()).abs().max() < 1e-3  # started from the shipped weights
+    assert warm_config["normalization"] == source_config["normalization"]
+    record = training_record(warm, warm_config)
+    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
+    assert record["command"].endswith(f"--init runs/{source.name}")  # the run the shipped file was exported from
