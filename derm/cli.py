@@ -96,9 +96,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="build weights/ from finished runs (fp16 safetensors + evaluation)",
                        description="Chooses TTA, temperatures, routing and thresholds on validation, "
                                    "then scores val and test once with the shipped code.")
-    p.add_argument("--resnet18", required=True, help="run folder of the ResNet18 (answers frequent classes)")
-    p.add_argument("--resnet50", help="run folder of the ResNet50 (answers rare classes)")
-    p.add_argument("--unet", help="run folder of the U-Net")
+    p.add_argument("--resnet18", required=True, help="run folder of the ResNet18 (answers frequent classes), "
+                   "or shipped weights (weights/resnet18.safetensors) to keep them")
+    p.add_argument("--resnet50", help="run folder or shipped .safetensors of the ResNet50 (answers rare classes)")
+    p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net")
     p.add_argument("--out", default="weights")
     p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
     p.set_defaults(func=cmd_export)

@@ -1,4 +1,4 @@
-"""Build weights/ from three finished runs: fp16 safetensors, the manifest, and the shipped evaluation.
+"""Build weights/ from three finished runs (or shipped weights files): fp16 safetensors, the manifest, and the shipped evaluation.
 
 Every choice (TTA on/off, temperatures, ensemble routing, prior correction, U-Net threshold, the
 out-of-distribution threshold) is made on the validation split. The test split is scored once, at the
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from torch import nn
 
 from derm import data, runs
 from derm.classes import CLASSES
@@ -23,7 +24,7 @@ from derm.evaluate import (classifier_probabilities, full_resolution_scores, loa
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
-from derm.weights import save_state_fp16
+from derm.weights import load_model, manifest_entry_for_file, save_state_fp16
 
 FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
 PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -84,26 +85,41 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(minimize_scalar(nll, bounds=(0.2, 5.0), method="bounded").x)
 
 
+def load_source(source: Path) -> tuple[nn.Module, dict, dict]:
+    """A model to export with its config and training record, from a run folder (its best.pt) or
+    from shipped weights (a .safetensors beside its manifest), so one model can be replaced and the
+    others re-exported as they are, without the runs that made them."""
+    source = Path(source)
+    if source.suffix != ".safetensors":
+        model, config = load_checkpoint_model(source)
+        return model, config, training_record(source, config)
+    entry = manifest_entry_for_file(source)
+    config = {"arch": entry["arch"], "height": entry["input_hw"][0], "width": entry["input_hw"][1],
+              "unet_width": entry.get("width", 32), "normalization": entry["normalization"],
+              "split": str((source.parent / "split.csv").resolve()), "data": None}
+    return load_model(entry, source.parent), config, entry["training"]
+
+
 def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> dict:
     """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing)."""
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"classes": list(CLASSES), "models": {}, "code_version": code_version()}
     counts = None
     for name, run_dir in classifier_runs.items():
-        model, config = load_checkpoint_model(run_dir)
+        model, config, record = load_source(run_dir)
         save_state_fp16(model, out / f"{name}.safetensors")
         manifest["models"][name] = {"arch": config["arch"], "file": f"{name}.safetensors",
                                     "input_hw": [config["height"], config["width"]],
                                     "normalization": config["normalization"], "temperature": 1.0, "tta": [],
-                                    "training": training_record(run_dir, config)}
+                                    "training": record}
         counts = counts or train_class_counts(config)
     if unet_run is not None:
-        model, config = load_checkpoint_model(unet_run)
+        model, config, record = load_source(unet_run)
         save_state_fp16(model, out / "unet.safetensors")
         manifest["models"]["unet"] = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
                                       "input_hw": [config["height"], config["width"]],
                                       "normalization": config["normalization"], "threshold": 0.5, "tta": [],
-                                      "training": training_record(unet_run, config)}
+                                      "training": record}
     manifest["ensemble"] = {"routing": frequency_routing(counts, list(classifier_runs)),
                             "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -128,7 +144,7 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
 def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0) -> dict:
     """Write weights/ and return metrics.json's content."""
     manifest = write_initial_weights(out, classifier_runs, unet_run)
-    any_config = load_checkpoint_model(next(iter(classifier_runs.values())))[1]
+    any_config = load_source(next(iter(classifier_runs.values())))[1]
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in ("val", "test")}
