@@ -101,3 +101,20 @@ def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(
     record = training_record(warm, warm_config)
     assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
     assert record["command"].endswith(f"--init runs/{source.name}")  # the run the shipped file was exported from
+
+
+def test_export_from_shipped_weights_reproduces_them(tiny_weights, tmp_path):
+    from derm.export import export
+
+    out = tmp_path / "again"
+    metrics = export({"resnet18": tiny_weights / "resnet18.safetensors", "resnet50": tiny_weights / "resnet50.safetensors"},
+                     tiny_weights / "unet.safetensors", out, limit=32)
+    before = json.loads((tiny_weights / "manifest.json").read_text())
+    after = json.loads((out / "manifest.json").read_text())
+    for name in ("resnet18", "resnet50", "unet"):
+        assert after["models"][name]["training"] == before["models"][name]["training"]
+        assert after["models"][name]["normalization"] == before["models"][name]["normalization"]
+    shipped = json.loads((tiny_weights / "metrics.json").read_text())
+    for name in ("resnet18", "resnet50", "ensemble"):  # the same fp16 weights give the same validation scores
+        assert abs(metrics["classifiers"]["val"][name]["macro_auc"] - shipped["classifiers"]["val"][name]["macro_auc"]) < 1e-6
+    assert abs(metrics["segmenter"]["val"]["dice"] - shipped["segmenter"]["val"]["dice"]) < 1e-6
