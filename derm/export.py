@@ -1,4 +1,5 @@
-"""Build weights/ from three finished runs (or shipped weights files): fp16 safetensors, the manifest, and the shipped evaluation.
+"""Build weights/ from three finished runs (or shipped weights files): fp16 safetensors, the manifest
+and the shipped evaluation.
 
 Every choice (TTA on/off, temperatures, ensemble routing, prior correction, U-Net threshold, the
 out-of-distribution threshold) is made on the validation split. The test split is scored once, at the
@@ -24,7 +25,7 @@ from derm.evaluate import (classifier_probabilities, full_resolution_scores, loa
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
-from derm.weights import load_model, manifest_entry_for_file, save_state_fp16
+from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 
 FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
 PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -93,11 +94,8 @@ def load_source(source: Path) -> tuple[nn.Module, dict, dict]:
     if source.suffix != ".safetensors":
         model, config = load_checkpoint_model(source)
         return model, config, training_record(source, config)
-    entry = manifest_entry_for_file(source)
-    config = {"arch": entry["arch"], "height": entry["input_hw"][0], "width": entry["input_hw"][1],
-              "unet_width": entry.get("width", 32), "normalization": entry["normalization"],
-              "split": str((source.parent / "split.csv").resolve()), "data": None}
-    return load_model(entry, source.parent), config, entry["training"]
+    config = shipped_config(source)
+    return load_model(manifest_entry_for_file(source), source.parent), config, config["training"]
 
 
 def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> dict:

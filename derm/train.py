@@ -131,12 +131,7 @@ def read_init_source(init: str) -> tuple[dict, dict]:
     if path.suffix != ".safetensors":
         state = torch.load(path, map_location="cpu", weights_only=False)
         return state["model"], state.get("config", {})
-    entry = weights.manifest_entry_for_file(path)
-    source = {"task": "segmenter" if entry["arch"] == "unet" else "classifier", "arch": entry["arch"],
-              "normalization": entry["normalization"], "training": entry.get("training", {})}
-    if entry["arch"] == "unet":
-        source["unet_width"] = entry.get("width", 32)
-    return weights.load_state_fp32(path), source
+    return weights.load_state_fp32(path), weights.shipped_config(path)
 
 
 def load_init_weights(model: nn.Module, config: TrainConfig) -> dict:

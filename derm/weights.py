@@ -59,6 +59,19 @@ def manifest_entry_for_file(path: Path) -> dict:
     raise WeightsNotFoundError(f"{path.parent / 'manifest.json'} names no model stored in {path.name}")
 
 
+def shipped_config(path: Path) -> dict:
+    """What a shipped weights file was trained as, in a run's config.json terms (task, arch, input
+    size, U-Net width, normalisation, split) plus its training record, from the manifest beside it."""
+    path = Path(path)
+    entry = manifest_entry_for_file(path)
+    config = {"task": "segmenter" if entry["arch"] == "unet" else "classifier", "arch": entry["arch"],
+              "height": entry["input_hw"][0], "width": entry["input_hw"][1], "normalization": entry["normalization"],
+              "split": str((path.parent / "split.csv").resolve()), "data": None, "training": entry.get("training", {})}
+    if entry["arch"] == "unet":
+        config["unet_width"] = entry.get("width", 32)
+    return config
+
+
 def load_model(entry: dict, weights_dir: Path) -> nn.Module:
     """Build the architecture named in a manifest entry and load its safetensors (no pickle) in fp32."""
     model = build_model(entry["arch"], entry.get("width", 32))
