@@ -40,7 +40,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from derm.train import TrainConfig, check_init_matches, init_checkpoint, read_init_source, train
+    from derm.train import TrainConfig, check_init_matches, init_checkpoint, init_source_config, train
 
     if args.runs:
         import os
@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if config.init and not init_checkpoint(config.init).is_file():
                 raise ValueError(f"--init: no checkpoint at {init_checkpoint(config.init)}")
             if config.init:
-                check_init_matches(config, read_init_source(config.init)[1])
+                check_init_matches(config, init_source_config(config.init))
         except (ValueError, FileNotFoundError) as exc:  # bad settings, or --init weights without a manifest
             print(f"derm train: {exc}", file=sys.stderr)
             return 2

@@ -98,13 +98,15 @@ def load_source(source: Path) -> tuple[nn.Module, dict, dict]:
     return load_model(manifest_entry_for_file(source), source.parent), config, config["training"]
 
 
-def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> dict:
-    """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing)."""
+def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> tuple[dict, dict]:
+    """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing); also
+    returns the first classifier's config (its split and data folder), so no model is loaded twice."""
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"classes": list(CLASSES), "models": {}, "code_version": code_version()}
-    counts = None
+    counts, first_config = None, None
     for name, run_dir in classifier_runs.items():
         model, config, record = load_source(run_dir)
+        first_config = first_config or config
         save_state_fp16(model, out / f"{name}.safetensors")
         manifest["models"][name] = {"arch": config["arch"], "file": f"{name}.safetensors",
                                     "input_hw": [config["height"], config["width"]],
@@ -121,7 +123,7 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
     manifest["ensemble"] = {"routing": frequency_routing(counts, list(classifier_runs)),
                             "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    return manifest, first_config
 
 
 def train_class_counts(config: dict) -> dict[str, int]:
@@ -141,8 +143,7 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
 
 def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0) -> dict:
     """Write weights/ and return metrics.json's content."""
-    manifest = write_initial_weights(out, classifier_runs, unet_run)
-    any_config = load_source(next(iter(classifier_runs.values())))[1]
+    manifest, any_config = write_initial_weights(out, classifier_runs, unet_run)
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in ("val", "test")}

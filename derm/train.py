@@ -134,6 +134,14 @@ def read_init_source(init: str) -> tuple[dict, dict]:
     return weights.load_state_fp32(path), weights.shipped_config(path)
 
 
+def init_source_config(init: str) -> dict:
+    """What the warm-start weights were trained as, without reading the weights (a check before a run)."""
+    path = init_checkpoint(init)
+    if path.suffix == ".safetensors":
+        return weights.shipped_config(path)
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("config", {})
+
+
 def load_init_weights(model: nn.Module, config: TrainConfig) -> dict:
     """Load the warm-start weights into `model`; returns what `read_init_source` says of them.
 
