@@ -78,12 +78,12 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 def colour_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Tensor,
                   gen: torch.Generator | None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue per sample on an N x 3 x H x W batch in [0, 1]."""
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
     on = active.float().view(n, 1, 1, 1)
 
-    def factor(strength: float) -> torch.Tensor:
+    def factor(strength: float) -> torch.Tensor:  # drawn on the CPU generator, applied where the images are
         f = _uniform(n, 1 - strength, 1 + strength, gen).view(n, 1, 1, 1)
-        return 1 + (f - 1) * on
+        return (1 + (f - 1) * on).to(device)
 
     out = images
     if policy.brightness:
@@ -92,7 +92,7 @@ def colour_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Ten
         grey_mean = (out.mean(dim=1, keepdim=True)).mean(dim=(2, 3), keepdim=True)
         out = (out - grey_mean) * factor(policy.contrast) + grey_mean
     if policy.saturation:
-        grey = (out * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        grey = (out * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         out = (out - grey) * factor(policy.saturation) + grey
     if policy.hue:
         turn = _uniform(n, -policy.hue, policy.hue, gen) * 2 * math.pi * active.float()
@@ -101,7 +101,7 @@ def colour_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Ten
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
         matrix = _YIQ_TO_RGB @ rot @ _RGB_TO_YIQ  # N x 3 x 3
-        out = torch.einsum("nij,njhw->nihw", matrix, out)
+        out = torch.einsum("nij,njhw->nihw", matrix.to(device), out)
     return out.clamp_(0, 1)
 
 
@@ -110,15 +110,16 @@ def augment_batch(images: torch.Tensor, policy: AugmentPolicy, labels: torch.Ten
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Augment float images (N x 3 x H x W in [0, 1]) and, with the same geometry, masks (N x 1 x H x W).
 
-    Masks are resampled nearest-neighbour so they stay binary.
+    Masks are resampled nearest-neighbour so they stay binary. The random draws come from `gen` on
+    the CPU (reproducible on any device); the pixels are transformed wherever `images` live.
     """
     if policy.is_identity:
         return images, masks
     n, _, height, width = images.shape
     active = torch.ones(n, dtype=torch.bool)
     if labels is not None and policy.skip_classes:
-        active = ~torch.isin(labels, torch.tensor(policy.skip_classes))
-    theta = affine_theta(n, height, width, policy, active, gen).to(images.dtype)
+        active = ~torch.isin(labels.cpu(), torch.tensor(policy.skip_classes))
+    theta = affine_theta(n, height, width, policy, active, gen).to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if masks is not None:
@@ -128,8 +129,8 @@ def augment_batch(images: torch.Tensor, policy: AugmentPolicy, labels: torch.Ten
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean_t) / std_t
 
 

@@ -102,6 +102,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net")
     p.add_argument("--out", default="weights")
     p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
+    p.add_argument("--val-only", action="store_true",
+                   help="score validation only: compare candidate runs without looking at the test split")
     p.set_defaults(func=cmd_export)
 
 
@@ -111,8 +113,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     classifier_runs = {"resnet18": Path(args.resnet18)}
     if args.resnet50:
         classifier_runs["resnet50"] = Path(args.resnet50)
-    metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit)
-    for split in ("val", "test"):
+    metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit,
+                     splits=("val",) if args.val_only else ("val", "test"))
+    for split in metrics["classifiers"]:
         for name, rep in metrics["classifiers"][split].items():
             print(f"{split:5s} {name:9s} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "
                   f"macro_f1={rep['macro_f1']:.3f} macro_auc={rep['macro_auc']:.3f}")

@@ -47,6 +47,11 @@ def setup() -> Context:
     return Context(dist.get_rank(), world_size, local_rank, device)
 
 
+def device_name(device: torch.device) -> str:
+    """What a run trained on, for its record: the GPU's name, or CPU."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
 def cleanup(ctx: Context) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -49,6 +49,7 @@ def training_record(run_dir: Path, config: dict) -> dict:
         config = {**config, "init": f"runs/{earlier['run']}"}  # shipped weights are that run's best, in fp16
     record = {"run": Path(run_dir).name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
               "seconds": round(sum(m["seconds"] for m in metrics), 1),
+              "device": runs.read_status(run_dir).get("device", "CPU"),  # runs from before it was recorded ran here
               "command": command_for(config), "code_version": config.get("code_version") or code_version()}
     if earlier is not None:
         record.update(warm_start_from=earlier["run"], epochs_before=earlier.get("epochs_before", 0) + earlier["epochs"],
@@ -141,17 +142,19 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
     return {c: frequent if counts[c] / total >= FREQUENT_SHARE else rare for c in CLASSES}
 
 
-def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0) -> dict:
-    """Write weights/ and return metrics.json's content."""
+def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0,
+           splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Write weights/ and return metrics.json's content. splits=("val",) compares candidates on
+    validation alone, so the test split is scored once, for the version that ships."""
     manifest, any_config = write_initial_weights(out, classifier_runs, unet_run)
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
-    parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in ("val", "test")}
+    parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in splits}
     predictor = Predictor(out)
     metrics: dict = {"classifiers": {}, "choices": {}}
 
     # per model: TTA and temperature chosen on validation
-    probs: dict[str, dict[str, np.ndarray]] = {"val": {}, "test": {}}
+    probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in splits}
     for name, clf in predictor.classifiers.items():
         images = {s: data.cached_array(list(p["image_path"]), clf.input_hw, "image") for s, p in parts.items()}
         plain = classifier_probabilities(clf, images["val"])
@@ -163,7 +166,8 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
         val_probs = with_tta if use_tta else plain
         clf.temperature = fit_temperature(val_probs, y_val)
         probs["val"][name] = temper(val_probs, clf.temperature)
-        probs["test"][name] = classifier_probabilities(clf, images["test"])
+        for split_name in splits[1:]:
+            probs[split_name][name] = classifier_probabilities(clf, images[split_name])
         entry = manifest["models"][name]
         entry["tta"], entry["temperature"] = list(clf.tta), round(clf.temperature, 4)
         metrics["choices"][name] = {
@@ -190,7 +194,7 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     ens["ood"] = {"model": ood_model, "energy_threshold": round(float(np.quantile(energy, 0.01)), 4),
                   "rule": "1st percentile of validation energy"}
 
-    for split_name in ("val", "test"):
+    for split_name in splits:
         combined = combine(probs[split_name], ens["routing"], prior, ens["prior_correction"])
         metrics["classifiers"][split_name] = {
             **{n: classification_report(y[split_name], p) for n, p in probs[split_name].items()},

@@ -190,6 +190,15 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normali
     return out, data.channel_stats(out["train"].images.numpy())
 
 
+def pixels_to(split: SplitData, device: torch.device) -> SplitData:
+    """The split's pixels on `device`: on a GPU, batches are then cut, augmented and normalised there
+    instead of on the CPU, which would starve it. Labels stay on the CPU for the samplers."""
+    if device.type == "cpu":
+        return split
+    masks = split.masks.to(device) if split.masks is not None else None
+    return dataclasses.replace(split, images=split.images.to(device), masks=masks)
+
+
 def epoch_indices(labels: torch.Tensor, sampling: str, epoch_samples: int, gen: torch.Generator) -> torch.Tensor:
     """The order of training images for one epoch under a sampling policy.
 
@@ -279,7 +288,7 @@ def validate(model: nn.Module, split: SplitData, config: TrainConfig, norm: data
              device: torch.device) -> dict:
     probs = predict_split(model, split, config, norm, device)
     if config.task == "segmenter":
-        truth = split.masks.numpy()
+        truth = split.masks.cpu().numpy()
         dice, iou = batch_dice_iou(probs >= 0.5, truth)
         eps = 1e-6
         bce = -(truth * np.log(probs + eps) + (1 - truth) * np.log(1 - probs + eps)).mean()
@@ -339,7 +348,7 @@ def train(config: TrainConfig, run_dir: Path | None = None, resume: bool = False
             stop.install()
         if ctx.is_main:
             runs.write_status(run_dir, "running", pid=os.getpid(), epochs=config.epochs, error=None, note=None,
-                              processes=ctx.world_size)
+                              processes=ctx.world_size, device=distributed.device_name(ctx.device))
         try:
             return _train(config, run_dir, resume, stop, progress and ctx.is_main, ctx)
         except Exception as exc:  # the run's files must say why it failed; the caller still sees the error
@@ -360,6 +369,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     if not ctx.is_main:  # the main process makes split.csv and the caches first; the others then read them
         distributed.barrier(ctx)
     splits, norm = load_splits(config)
+    splits = {name: pixels_to(split, device) for name, split in splits.items()}
     if ctx.is_main:
         distributed.barrier(ctx)
     model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)

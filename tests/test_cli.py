@@ -73,3 +73,14 @@ def test_train_refuses_shipped_weights_of_another_architecture_in_one_line(tiny_
                      "--init", tiny_weights / "resnet50.safetensors")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "arch='resnet50'" in result.stderr
+
+
+def test_export_val_only_never_scores_the_test_split(tiny_weights, tmp_path):
+    out = tmp_path / "candidate"
+    done = run_cli("export", "--val-only", "--resnet18", tiny_weights / "resnet18.safetensors",
+                   "--resnet50", tiny_weights / "resnet50.safetensors", "--out", out, "--limit", "32")
+    assert done.returncode == 0, done.stderr
+    assert "val   ensemble" in done.stdout and "test" not in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["classifiers"]) == ["val"] and not (out / "test_predictions.csv").exists()
+    assert json.loads((out / "manifest.json").read_text())["ensemble"]["routing"]  # the choices are still made

@@ -1,0 +1,167 @@
+"""Train classifiers on a lent GPU inside a fixed time budget, and bring the weights back.
+
+The `device` tool lends a GPU for minutes, not hours, and returns at most 64 MiB of files. So this
+script (1) measures each model's training speed there with a one-epoch probe through the real
+training loop, (2) sizes the one-cycle schedule so the run ends inside its share of the budget, and
+(3) packs the best checkpoints as fp16, byte-shuffled and zlib-compressed, in chunks under 16 MiB.
+`unpack` turns the chunks back into ordinary run folders under runs/, which `python -m derm export`
+takes like any other run.
+
+    python scripts/gpu_train.py train --out OUT --archs resnet18 resnet50 --seconds 150 270
+    python scripts/gpu_train.py unpack --src OUT --runs runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+from derm import runs
+from derm.train import StopFlag, TrainConfig, train
+
+CHUNK_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+SECONDS_PER_EPOCH_OVERHEAD = 3.0  # validation and checkpoint writes, which the probe's speed leaves out
+
+
+def probe_speed(config: TrainConfig, root: Path, images: int) -> float:
+    """Images per second through the real loop, read from the second of two short epochs: the first
+    pays for cuDNN's autotuning and lazy initialisation (on an H100 it read 10x too slow)."""
+    probe = dataclasses.replace(config, epochs=2, epoch_samples=images)
+    run_dir = train(probe, root / f"probe-{config.arch}", progress=False)
+    return runs.read_metrics(run_dir)[-1]["images_per_s"]
+
+
+def sized_config(config: TrainConfig, images_per_s: float, seconds: float) -> TrainConfig:
+    """The config with epoch_samples chosen so `epochs` epochs fit in `seconds`."""
+    train_seconds = max(seconds - config.epochs * SECONDS_PER_EPOCH_OVERHEAD, 10.0)
+    per_epoch = int(images_per_s * train_seconds / config.epochs) // config.batch_size * config.batch_size
+    return dataclasses.replace(config, epoch_samples=max(per_epoch, config.batch_size))
+
+
+def train_within(config: TrainConfig, run_dir: Path, seconds: float) -> Path:
+    """Train; if the estimate was wrong, stop cleanly at the deadline (best.pt holds the best epoch)."""
+    stop = StopFlag()
+    timer = threading.Timer(seconds, lambda: setattr(stop, "requested", True))
+    timer.start()
+    try:
+        return train(config, run_dir, stop=stop, progress=True)
+    finally:
+        timer.cancel()
+
+
+def shuffle_bytes(raw: bytes) -> bytes:
+    """fp16 high bytes together, then low bytes: the exponents compress, the mantissas barely do."""
+    arr = np.frombuffer(raw + b"\0" * (len(raw) % 2), dtype=np.uint8)
+    return np.ascontiguousarray(arr.reshape(-1, 2).T).tobytes()
+
+
+def unshuffle_bytes(data: bytes, length: int) -> bytes:
+    arr = np.frombuffer(data, dtype=np.uint8)
+    return np.ascontiguousarray(arr.reshape(2, -1).T).tobytes()[:length]
+
+
+def pack(run_dirs: list[Path], out: Path) -> None:
+    """meta.json (each run's config, metrics, status) and pack.NNN chunks of the best weights."""
+    blobs, meta = [], {"runs": []}
+    for run_dir in run_dirs:
+        state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+        tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
+        blob = save_safetensors(tensors)
+        blobs.append(blob)
+        meta["runs"].append({"name": run_dir.name, "bytes": len(blob), "best_epoch": state["best_epoch"],
+                             "best_score": state["best_score"], "epoch": state["epoch"],
+                             "config": runs.read_json(run_dir / "config.json"),
+                             "metrics": runs.read_metrics(run_dir), "status": runs.read_status(run_dir)})
+    raw = b"".join(blobs)
+    packed = zlib.compress(shuffle_bytes(raw), 6)
+    meta["raw_bytes"] = len(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("pack.[0-9][0-9][0-9]"):
+        stale.unlink()
+    for i in range(0, len(packed), CHUNK_BYTES):
+        (out / f"pack.{i // CHUNK_BYTES:03d}").write_bytes(packed[i:i + CHUNK_BYTES])
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(f"packed {len(raw) / 1e6:.1f} MB of weights into {len(packed) / 1e6:.1f} MB", flush=True)
+
+
+def unpack(src: Path, runs_root: Path) -> list[Path]:
+    """Rebuild each packed run as a run folder with config.json, metrics.jsonl, status.json and best.pt."""
+    meta = json.loads((src / "meta.json").read_text())
+    packed = b"".join(p.read_bytes() for p in sorted(src.glob("pack.[0-9][0-9][0-9]")))
+    raw = unshuffle_bytes(zlib.decompress(packed), meta["raw_bytes"])
+    made, offset = [], 0
+    for entry in meta["runs"]:
+        tensors = load_safetensors(raw[offset:offset + entry["bytes"]])
+        offset += entry["bytes"]
+        model = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+        run_dir = runs_root / entry["name"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_json_atomic(run_dir / "config.json", entry["config"])
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in entry["metrics"]))
+        runs.write_json_atomic(run_dir / "status.json", {**entry["status"], "pid": None})
+        buffer = io.BytesIO()
+        torch.save(dict(model=model, epoch=entry["epoch"], best_score=entry["best_score"],
+                        best_epoch=entry["best_epoch"], config=entry["config"]), buffer)
+        (run_dir / "best.pt").write_bytes(buffer.getvalue())
+        made.append(run_dir)
+        print(f"{run_dir}: best epoch {entry['best_epoch']}, val score {entry['best_score']:.4f}")
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--runs", type=Path, default=Path("/tmp/derm-runs"))
+    t.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    t.add_argument("--seconds", nargs="+", type=float, default=[150, 270], help="budget per arch, probe included")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--probe-images", type=int, default=3072)
+    t.add_argument("--epoch-samples", nargs="+", type=int, default=None,
+                   help="images per epoch per arch, instead of sizing them from a probe")
+    t.add_argument("--limit", type=int, default=0)
+    u = sub.add_parser("unpack")
+    u.add_argument("--src", type=Path, required=True)
+    u.add_argument("--runs", type=Path, default=Path("runs"))
+    args = parser.parse_args()
+    if args.command == "unpack":
+        unpack(args.src, args.runs)
+        return
+    torch.backends.cudnn.benchmark = True
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    done = []
+    for i, (arch, seconds) in enumerate(zip(args.archs, args.seconds)):
+        started = time.monotonic()
+        config = TrainConfig.for_task("classifier", arch, epochs=args.epochs, batch_size=args.batch_size,
+                                      lr=args.lr, limit=args.limit)
+        if args.epoch_samples:
+            config = dataclasses.replace(config, epoch_samples=args.epoch_samples[i])
+        else:
+            config = sized_config(config, probe_speed(config, args.runs, args.probe_images), seconds)
+        left = seconds - (time.monotonic() - started)
+        print(f"{arch}: {config.epochs} epochs x {config.epoch_samples} images, deadline "
+              f"in {left:.0f} s", flush=True)
+        name = f"{stamp}-{arch}-{config.epochs}x{config.epoch_samples}-gpu"  # two runs of one arch may differ in size
+        done.append(train_within(config, args.runs / name, left))
+        pack(done, args.out)  # after each model, so a later failure still brings the earlier ones back
+
+
+if __name__ == "__main__":
+    main()

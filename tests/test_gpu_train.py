@@ -1,0 +1,48 @@
+"""scripts/gpu_train.py: the schedule sizing and the pack that carries trained weights back from a lent GPU."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from derm import runs
+from derm.export import load_source
+from derm.train import TrainConfig
+
+from conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("gpu_train", REPO / "scripts" / "gpu_train.py")
+gpu_train = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_train)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x01", b"\x01\x02\x03", bytes(range(256)) * 3])
+def test_byte_shuffle_round_trips(raw):
+    assert gpu_train.unshuffle_bytes(gpu_train.shuffle_bytes(raw), len(raw)) == raw
+
+
+def test_sized_config_fits_the_epochs_in_the_budget():
+    config = TrainConfig(epochs=10, batch_size=128)
+    sized = gpu_train.sized_config(config, images_per_s=1000.0, seconds=130.0)
+    assert sized.epoch_samples % 128 == 0
+    train_seconds = 130.0 - 10 * gpu_train.SECONDS_PER_EPOCH_OVERHEAD
+    assert train_seconds * 1000 - 10 * 128 <= sized.epochs * sized.epoch_samples <= train_seconds * 1000
+
+
+def test_pack_and_unpack_give_back_the_runs(tmp_path, tiny_runs, monkeypatch):
+    monkeypatch.setattr(gpu_train, "CHUNK_BYTES", 2**20)  # force several chunks
+    sources = [tiny_runs["resnet18"], tiny_runs["resnet50"]]
+    gpu_train.pack(sources, tmp_path / "out")
+    chunks = sorted((tmp_path / "out").glob("pack.*"))
+    assert len(chunks) > 2 and all(c.stat().st_size <= 2**20 for c in chunks)
+    made = gpu_train.unpack(tmp_path / "out", tmp_path / "runs")
+    assert [m.name for m in made] == [s.name for s in sources]
+    for source, copy in zip(sources, made):
+        original = torch.load(source / "best.pt", map_location="cpu", weights_only=False)
+        model, config, record = load_source(copy)  # export takes the rebuilt folder like any run
+        for key, value in model.state_dict().items():
+            expected = original["model"][key]
+            expected = expected.half().float() if expected.is_floating_point() else expected
+            assert torch.equal(value, expected), key
+        assert config["arch"] == original["config"]["arch"] and record["run"] == source.name
+        assert runs.read_metrics(copy) == runs.read_metrics(source)
