@@ -95,7 +95,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="build weights/ from finished runs (fp16 safetensors + evaluation)",
                        description="Chooses TTA, temperatures, routing and thresholds on validation, "
-                                   "then scores val and test once with the shipped code.")
+                                   "then scores val and test once with the shipped code (--val-only: val alone, "
+                                   "to compare candidate runs).")
     p.add_argument("--resnet18", required=True, help="run folder of the ResNet18 (answers frequent classes), "
                    "or shipped weights (weights/resnet18.safetensors) to keep them")
     p.add_argument("--resnet50", help="run folder or shipped .safetensors of the ResNet50 (answers rare classes)")
