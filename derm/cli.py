@@ -242,7 +242,12 @@ def cmd_card(args: argparse.Namespace) -> int:
     from derm.modelcard import render
 
     tried = Path(args.tried).read_text().splitlines() if Path(args.tried).is_file() else None
-    Path(args.out).write_text(render(Path(args.weights), tried))
+    try:
+        card = render(Path(args.weights), tried)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    Path(args.out).write_text(card)
     print(f"wrote {args.out}")
     return 0
 

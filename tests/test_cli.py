@@ -84,3 +84,5 @@ def test_export_val_only_never_scores_the_test_split(tiny_weights, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["classifiers"]) == ["val"] and not (out / "test_predictions.csv").exists()
     assert json.loads((out / "manifest.json").read_text())["ensemble"]["routing"]  # the choices are still made
+    card = run_cli("card", "--weights", out, "--out", tmp_path / "card.md")
+    assert card.returncode == 2 and "--val-only" in card.stderr and "Traceback" not in card.stderr
