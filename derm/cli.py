@@ -115,7 +115,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.resnet50:
         classifier_runs["resnet50"] = Path(args.resnet50)
     metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit,
-                     splits=("val",) if args.val_only else ("val", "test"))
+                     score_test=not args.val_only)
     for split in metrics["classifiers"]:
         for name, rep in metrics["classifiers"][split].items():
             print(f"{split:5s} {name:9s} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "

@@ -143,9 +143,10 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
 
 
 def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0,
-           splits: tuple[str, ...] = ("val", "test")) -> dict:
-    """Write weights/ and return metrics.json's content. splits=("val",) compares candidates on
+           score_test: bool = True) -> dict:
+    """Write weights/ and return metrics.json's content. score_test=False compares candidates on
     validation alone, so the test split is scored once, for the version that ships."""
+    splits = ("val", "test") if score_test else ("val",)
     manifest, any_config = write_initial_weights(out, classifier_runs, unet_run)
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
@@ -166,8 +167,8 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
         val_probs = with_tta if use_tta else plain
         clf.temperature = fit_temperature(val_probs, y_val)
         probs["val"][name] = temper(val_probs, clf.temperature)
-        for split_name in splits[1:]:
-            probs[split_name][name] = classifier_probabilities(clf, images[split_name])
+        if score_test:
+            probs["test"][name] = classifier_probabilities(clf, images["test"])
         entry = manifest["models"][name]
         entry["tta"], entry["temperature"] = list(clf.tta), round(clf.temperature, 4)
         metrics["choices"][name] = {

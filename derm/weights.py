@@ -39,15 +39,23 @@ def read_manifest(weights_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def to_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float tensors as fp16 (half the size; inference runs in fp32/bf16 after loading), contiguous
+    as safetensors needs them."""
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def to_fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def save_state_fp16(model: nn.Module, path: Path) -> None:
-    """Float tensors as fp16 (half the size; inference runs in fp32/bf16 after loading)."""
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
+    save_file(to_fp16(model.state_dict()), str(path))
 
 
 def load_state_fp32(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors state dict (no pickle) with its float tensors back in fp32."""
-    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    return to_fp32(load_file(str(path)))
 
 
 def manifest_entry_for_file(path: Path) -> dict:

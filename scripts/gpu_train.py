@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import sys
 import threading
@@ -30,8 +29,8 @@ from safetensors.torch import save as save_safetensors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
-from derm import runs
-from derm.train import StopFlag, TrainConfig, train
+from derm import runs, weights
+from derm.train import StopFlag, TrainConfig, save_checkpoint, train
 
 CHUNK_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
 SECONDS_PER_EPOCH_OVERHEAD = 3.0  # validation and checkpoint writes, which the probe's speed leaves out
@@ -79,8 +78,7 @@ def pack(run_dirs: list[Path], out: Path) -> None:
     blobs, meta = [], {"runs": []}
     for run_dir in run_dirs:
         state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-        tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state["model"].items()}
-        blob = save_safetensors(tensors)
+        blob = save_safetensors(weights.to_fp16(state["model"]))
         blobs.append(blob)
         meta["runs"].append({"name": run_dir.name, "bytes": len(blob), "best_epoch": state["best_epoch"],
                              "best_score": state["best_score"], "epoch": state["epoch"],
@@ -105,18 +103,17 @@ def unpack(src: Path, runs_root: Path) -> list[Path]:
     raw = unshuffle_bytes(zlib.decompress(packed), meta["raw_bytes"])
     made, offset = [], 0
     for entry in meta["runs"]:
-        tensors = load_safetensors(raw[offset:offset + entry["bytes"]])
+        model = weights.to_fp32(load_safetensors(raw[offset:offset + entry["bytes"]]))
         offset += entry["bytes"]
-        model = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
         run_dir = runs_root / entry["name"]
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_json_atomic(run_dir / "config.json", entry["config"])
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in entry["metrics"]))
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for record in entry["metrics"]:
+            runs.append_metrics(run_dir, record)
         runs.write_json_atomic(run_dir / "status.json", {**entry["status"], "pid": None})
-        buffer = io.BytesIO()
-        torch.save(dict(model=model, epoch=entry["epoch"], best_score=entry["best_score"],
-                        best_epoch=entry["best_epoch"], config=entry["config"]), buffer)
-        (run_dir / "best.pt").write_bytes(buffer.getvalue())
+        save_checkpoint(run_dir / "best.pt", model=model, epoch=entry["epoch"], best_score=entry["best_score"],
+                        best_epoch=entry["best_epoch"], config=entry["config"])
         made.append(run_dir)
         print(f"{run_dir}: best epoch {entry['best_epoch']}, val score {entry['best_score']:.4f}")
     return made
