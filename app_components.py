@@ -84,9 +84,10 @@ def predictor_or_none() -> Predictor | None:
         return None
 
 
-def data_dir_or_none() -> Path | None:
+def image_source_or_none() -> data.ImageSource | None:
+    """The full HAM10000 when found, else the test split shipped in the repo; None only without both."""
     try:
-        return data.resolve_data_dir()
+        return data.image_source()
     except data.DataNotFoundError:
         return None
 
@@ -97,9 +98,9 @@ def _ham_table(data_dir: str) -> pd.DataFrame:
 
 
 def ham_table_or_none() -> pd.DataFrame | None:
-    """The HAM10000 metadata table when the data is present, else None."""
-    path = data_dir_or_none()
-    return _ham_table(str(path)) if path else None
+    """The metadata table of the images at hand (all of HAM10000, or its test split), else None."""
+    source = image_source_or_none()
+    return _ham_table(str(source.path)) if source else None
 
 
 # ----------------------------------------------------------------------------- per-session cache
@@ -149,8 +150,9 @@ def probability_figure(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def show_headline(result: Result) -> None:
-    st.subheader(f"Most likely: {FULL_NAMES[result.label]} ({result.label}), {result.confidence:.0%}")
+def show_headline(result: Result, mark: str = "") -> None:
+    lead = "Unreliable guess" if mark else "Most likely"
+    st.subheader(f"{lead}: {FULL_NAMES[result.label]} ({result.label}), {result.confidence:.0%}")
     st.caption(DESCRIPTIONS[result.label])
 
 
@@ -218,27 +220,51 @@ def show_download(result: Result, images: dict[str, np.ndarray], name: str, key:
                        key=f"download_{key}", icon=":material/download:")
 
 
+def show_refusal(result: Result, key: str) -> bool:
+    """The gate's refusal, reason first; True once the user has asked to see the guess anyway."""
+    st.error(f"**Not analysed: this does not look like a dermatoscopic image of a skin lesion.** "
+             f"{result.domain.reason}", icon=":material/block:")
+    st.caption("The models were trained on dermatoscopic close-ups only; on anything else their answer is "
+               f"meaningless. (Domain gate: dermatoscopic probability {result.domain.probability:.2f}, "
+               f"distance from the training images {result.domain.distance:.1f}.)")
+    if not st.toggle("Show the models' guess anyway", key=f"override_{key}"):
+        return False
+    st.warning(f"**Unreliable.** {UNRELIABLE}")
+    return True
+
+
+UNRELIABLE = ("Every number below comes from models that were not made for this image: treat all of it as "
+              "meaningless.")
+
+
 def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Series | None = None) -> Result:
-    """Everything about one image: headline, warnings, probabilities, models, Grad-CAM, mask, download."""
+    """Everything about one image: headline, warnings, probabilities, models, Grad-CAM, mask, download.
+
+    An image the domain gate refuses shows only the reason, until the user opts in; then every
+    section is marked unreliable.
+    """
     key = image_key(rgb)
     result = analysis(predictor, rgb, key)
-    show_headline(result)
-    show_warnings(result)
     if truth is not None:
         show_ground_truth(truth)
+    if not result.in_domain and not show_refusal(result, key):
+        return result
+    mark = "" if result.in_domain else " (unreliable)"
+    show_headline(result, mark)
+    show_warnings(result)
     left, right = st.columns(2)
     with left:
-        st.markdown("**Ensemble probabilities**")
+        st.markdown(f"**Ensemble probabilities{mark}**")
         show_probabilities(result, key)
     with right:
-        st.markdown("**Which model answers each class**")
+        st.markdown(f"**Which model answers each class{mark}**")
         show_model_table(result)
     left, right = st.columns(2)
     with left:
-        st.markdown("**Where the model looked**")
+        st.markdown(f"**Where the model looked{mark}**")
         cam = show_gradcam(predictor, rgb, result, key, "diagnose")
     with right:
-        st.markdown("**Where the lesion is**")
+        st.markdown(f"**Where the lesion is{mark}**")
         outline = show_mask(rgb, result)
         show_measurements(result)
     images = {"input": rgb, "gradcam": cam, **({"mask_overlay": outline} if outline is not None else {})}

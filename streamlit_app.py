@@ -28,8 +28,9 @@ def show_weights_in_sidebar() -> None:
 
 
 def show_data_in_sidebar() -> None:
-    data_dir = ui.data_dir_or_none()
-    st.sidebar.markdown(f"**HAM10000** `{data_dir}`" if data_dir else
+    """Which images the pages show: the full dataset, the shipped test split, or none."""
+    source = ui.image_source_or_none()
+    st.sidebar.markdown(f"**HAM10000**: {source.summary()}" if source else
                         "**HAM10000** not found (set $DERM_DATA): the explorer shows no images")
 
 

@@ -1,4 +1,4 @@
-"""Diagnose: a photo in (upload, camera or a HAM10000 image), the models' answer out."""
+"""Diagnose: a photo in (upload, camera, a HAM10000 image or one click on an example), the models' answer out."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import app_components as ui
-from derm import catalog
+from derm import catalog, data
 from derm.classes import CLASSES, FULL_NAMES
 from derm.imageio import ImageError, load_image
 
@@ -20,6 +20,47 @@ def pick_random(table: pd.DataFrame) -> None:
     """Button callback: runs before the id box is drawn, so it may set its value."""
     label = st.session_state.get("ham_class", ANY_CLASS)
     st.session_state["ham_id"] = catalog.random_image_id(table, None if label == ANY_CLASS else label)
+
+
+def pick_example(image_id: str) -> None:
+    """Button callback: the example goes through the HAM10000 source, so its ground truth is shown."""
+    st.session_state["source"] = HAM
+    st.session_state["ham_id"] = image_id
+
+
+def show_examples(table: pd.DataFrame) -> None:
+    """One test image per class, labelled with its true diagnosis: one click to a first result."""
+    rows = catalog.examples(table)
+    if rows.empty:
+        return
+    st.markdown("**Try an example**: one test-split image per diagnosis (the models never saw these).")
+    for column, (_, row) in zip(st.columns(len(rows)), rows.iterrows()):
+        column.image(row["image_path"], width="stretch")
+        column.button("Analyse", key=f"example_{row['image_id']}", on_click=pick_example, args=(row["image_id"],),
+                      width="stretch", help=f"{row['image_id']}, true diagnosis {row['label']}")
+        column.caption(f"**{row['label']}**: {FULL_NAMES[row['label']]}")  # under the buttons: they stay in line
+
+
+def describe_ham_source(source: data.ImageSource | None) -> None:
+    """Say which HAM10000 images are offered and whether the models have seen them."""
+    if source is None:
+        st.caption("HAM10000 is not available here, so only uploads and the camera are offered.")
+    elif source.complete:
+        st.caption("Any of the full dataset's images: only the test split's are unseen by the models; the others "
+                   "were used in training and model selection.")
+    else:
+        st.caption("The HAM10000 test split shipped with derm (the full dataset is not here): the models never saw "
+                   "these images.")
+
+
+def describe_split(image_id: str) -> None:
+    """Whether the active models trained on this image, from their weights' own split.csv."""
+    split = catalog.split_of(image_id, ui.active_weights_dir() / "split.csv")
+    if split == "test":
+        st.caption(f"{image_id} is in the test split: the models never saw it.")
+    elif split:
+        st.caption(f"{image_id} is in the {split} split: the models saw it while being trained or chosen, so "
+                   "this result is more optimistic than for a new photo.")
 
 
 def ham_input(table: pd.DataFrame) -> tuple[bytes | None, str, pd.Series | None]:
@@ -36,16 +77,18 @@ def ham_input(table: pd.DataFrame) -> tuple[bytes | None, str, pd.Series | None]
     if row is None:
         st.error(f"{text!r} is not a HAM10000 image id (they look like {catalog.EXAMPLE_ID}).")
         return None, "", None
+    describe_split(row["image_id"])
     path = catalog.image_path(row)
     return path.read_bytes(), path.name, row
 
 
-def chosen_input(table: pd.DataFrame | None) -> tuple[bytes | None, str, pd.Series | None]:
+def chosen_input(table: pd.DataFrame | None, images: data.ImageSource | None
+                 ) -> tuple[bytes | None, str, pd.Series | None]:
     """(file bytes, file name, HAM10000 row or None) from whichever source the user chose."""
     sources = [UPLOAD, CAMERA] + ([HAM] if table is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key="source", label_visibility="collapsed")
-    if table is None:
-        st.caption("HAM10000 is not available here, so only uploads and the camera are offered.")
+    if table is None or source == HAM:
+        describe_ham_source(images)
     if source == UPLOAD:
         upload = st.file_uploader("Lesion photo (JPEG, PNG, BMP, TIFF or WebP)", type=UPLOAD_TYPES, key="upload",
                                   max_upload_size=50)
@@ -68,8 +111,11 @@ def decoded(raw: bytes, name: str) -> np.ndarray | None:
 def main() -> None:
     st.title("Diagnose a lesion photo")
     st.markdown(ui.DISCLAIMER)
+    images = ui.image_source_or_none()
     table = ui.ham_table_or_none()
-    raw, name, truth = chosen_input(table)
+    if table is not None:
+        show_examples(table)
+    raw, name, truth = chosen_input(table, images)
     if raw is None:
         st.info("Choose a dermatoscopic photo of one skin lesion to see what the models think.")
         return

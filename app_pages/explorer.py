@@ -1,7 +1,8 @@
 """Test-set explorer: where each model goes wrong, from the shipped test predictions.
 
 Works from weights/test_predictions.csv and metrics.json alone; shows the images, their Grad-CAM
-and lesion outline when HAM10000 is present.
+and lesion outline from the full HAM10000 when present, else from the test split shipped in
+data/ham10000-test (every clone has it).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ closes and are found again after the app restarts.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -62,7 +63,12 @@ def start_run(config: TrainConfig, name: str) -> Path | None:
         st.error(f"Not started: {exc}.")
         return None
     try:
-        run_dir = runs.launch(config.cli_args(), jobs.run_name(name, config))
+        data.resolve_data_dir(config.data)
+    except data.DataNotFoundError as exc:
+        st.error(f"Not started: training needs the full HAM10000. {exc}")
+        return None
+    try:
+        run_dir = runs.launch(config.cli_args(), jobs.run_name(name, config), config=dataclasses.asdict(config))
     except runs.RunBusyError as exc:
         st.error(f"Not started: {exc}.")
         return None

@@ -3,9 +3,9 @@
     python bench/app_latency.py [--weights weights] [--images 20]
 
 One result = decode the upload + ensemble (ResNet18 + ResNet50, with the manifest's TTA) + U-Net mask
-+ lesion measurements + warnings + Grad-CAM for the top class. Measured with bf16 autocast +
-channels_last (what the app does) and with plain fp32, interleaved image by image; prints medians and
-the ratio last.
++ lesion measurements + warnings + domain gate + Grad-CAM for the top class. Measured with bf16
+autocast + channels_last and with plain fp32, interleaved image by image (the app uses bf16 only on
+CPUs with native bf16, derm.precision); prints medians, the ratio and the domain gate's share.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from derm.data import resolve_data_dir  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402
+from derm.precision import cpu_has_fast_bf16  # noqa: E402
 
 
 def full_result(predictor: Predictor, payload: bytes) -> dict[str, float]:
@@ -33,7 +34,8 @@ def full_result(predictor: Predictor, payload: bytes) -> dict[str, float]:
     t2 = time.perf_counter()
     predictor.gradcam(rgb, result.label)
     t3 = time.perf_counter()
-    return {"decode": t1 - t0, "analyse": t2 - t1, "gradcam": t3 - t2, "total": t3 - t0}
+    return {"decode": t1 - t0, "analyse": t2 - t1, "gate": result.seconds.get("gate", 0.0), "gradcam": t3 - t2,
+            "total": t3 - t0}
 
 
 def main() -> None:
@@ -55,7 +57,11 @@ def main() -> None:
     for name, records in times.items():
         medians[name] = {k: statistics.median(r[k] for r in records) for k in records[0]}
         print(f"{name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians[name].items()))
-    print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x")
+    print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x "
+          f"(the app uses {'bf16' if cpu_has_fast_bf16() else 'fp32'} on this CPU: derm.precision)")
+    for name, m in medians.items():
+        print(f"{name}: the domain gate is {m['gate'] / m['total']:.1%} of the total "
+              f"(a full result takes {m['total'] / (m['total'] - m['gate']):.3f}x as long as without it)")
 
 
 if __name__ == "__main__":

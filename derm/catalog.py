@@ -1,4 +1,5 @@
-"""Finding HAM10000 images for the app: by id (as people type it), by class, or at random.
+"""Finding HAM10000 images for the app: by id (as people type it), by class, at random, or one of the
+fixed examples; and whether the models saw an image (its split).
 
 The app prefers the full-size original (600x450) when the data folder has one, since that is what
 users upload; otherwise the 200x150 image the models were trained on.
@@ -12,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from derm.classes import CLASSES
+
 ID_PATTERN = re.compile(r"^ISIC_\d{7}$")
-EXAMPLE_ID = "ISIC_0024306"
+# One clear example per class for the Diagnose page, all from the test split (so in every clone and
+# never seen by the models): all three shipped models classify it right, it is among their most
+# confident for its class (histopathology-confirmed where one was), and the lesion is well in view.
+EXAMPLES = {"AKIEC": "ISIC_0026729", "BCC": "ISIC_0029352", "BKL": "ISIC_0032051", "DF": "ISIC_0032468",
+            "MEL": "ISIC_0024702", "NV": "ISIC_0028296", "VASC": "ISIC_0031093"}
+EXAMPLE_ID = EXAMPLES["MEL"]
 
 
 def normalise_image_id(text: str) -> str:
@@ -47,3 +55,21 @@ def image_path(row: pd.Series) -> Path:
     small = Path(row["image_path"])
     original = small.parent.parent / "originals" / small.name
     return original if original.is_file() else small
+
+
+def examples(table: pd.DataFrame) -> pd.DataFrame:
+    """The example rows, one per class in class order; a table without them gives an empty frame."""
+    order = {EXAMPLES[c]: i for i, c in enumerate(CLASSES)}
+    rows = table[table["image_id"].isin(order)]
+    return rows.sort_values("image_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
+
+
+def split_of(image_id: str, split_path: Path) -> str | None:
+    """train/val/test for an image under a split.csv (e.g. the weights' own), None when it is not listed.
+
+    Tells the user whether the models could have seen the image: only test images are unseen.
+    """
+    if not Path(split_path).is_file():
+        return None
+    split = pd.read_csv(split_path, index_col="image_id")["split"]
+    return str(split[image_id]) if image_id in split.index else None

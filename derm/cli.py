@@ -30,7 +30,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use at most N images per split (quick checks)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--data", help="HAM10000 folder (default: $DERM_DATA, see README)")
-    p.add_argument("--split", help="split.csv to use or create (default weights/split.csv)")
+    p.add_argument("--split", help="split.csv to use or create (default $DERM_SPLIT or weights/split.csv)")
     p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
     p.add_argument("--run-dir", help="write into this run folder (made by a launcher)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from its last.pt")
@@ -133,7 +133,9 @@ def _add_image_inputs(p: argparse.ArgumentParser) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class probabilities for images",
-                       description="Prints one row per image: a probability per class and the label.")
+                       description="Prints one row per image: a probability per class, the label, in_domain "
+                                   "(false when the domain gate finds it is not a dermatoscopic lesion image) "
+                                   "and warnings (the gate's reason, joined by ' | ').")
     _add_image_inputs(p)
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     p.set_defaults(func=cmd_predict)
@@ -184,8 +186,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             failed += 1
             continue
         combined, _ = predictor.classify([rgb])
+        domain = predictor.check_domain([rgb])[0]
         row = {"path": path, **{c: round(float(combined[0, i]), 6) for i, c in enumerate(CLASSES)},
-               "label": CLASSES[int(combined[0].argmax())]}
+               "label": CLASSES[int(combined[0].argmax())], "in_domain": domain is None or domain.in_domain,
+               "warnings": " | ".join(_domain_warnings(domain))}
         rows.append(row)
         if args.format == "csv":
             if len(rows) == 1:
@@ -196,8 +200,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _domain_warnings(domain) -> list[str]:
+    return [] if domain is None or domain.in_domain else [f"not a dermatoscopic lesion image: {domain.reason}"]
+
+
 def _csv_cell(value) -> str:
-    text = str(value)
+    text = str(value).lower() if isinstance(value, bool) else str(value)
     return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
 
 
@@ -214,6 +222,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if rgb is None:
             failed += 1
             continue
+        for warning in _domain_warnings(predictor.check_domain([rgb])[0]):
+            print(f"derm: {path}: {warning} (mask written anyway)", file=sys.stderr)
         mask = predictor.segment(rgb)
         target = out / f"{Path(path).stem}_mask.png"
         cv2.imwrite(str(target), mask.astype("uint8") * 255)
@@ -252,6 +262,189 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-gate", help="fit the domain gate that refuses non-dermatoscopic images",
+                       description="Fits weights/gate.json + gate.safetensors on the shipped ResNet18's features "
+                                   "(HAM10000 + isic2018_task1 train against clinical photos, photos, screens, "
+                                   "blank frames; thresholds from validation). Refit whenever the ResNet18 changes.")
+    p.add_argument("--weights", default="weights")
+    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, README 'Data')")
+    p.add_argument("--isic", help="isic2018_task1 folder (default ../shared/isic2018_task1)")
+    p.add_argument("--derm7pt", help="derm7pt folder, for its clinical/ photos (default ../shared/derm7pt)")
+    p.add_argument("--ham-train-limit", type=int, default=2000, help="HAM10000 train images used (0: all)")
+    p.set_defaults(func=cmd_fit_gate)
+
+
+def _gate_sources(args: argparse.Namespace):
+    from derm.gate_fit import GateSources
+
+    defaults = GateSources()
+    return GateSources(ham=args.data, isic=Path(args.isic) if args.isic else defaults.isic,
+                       derm7pt=Path(args.derm7pt) if args.derm7pt else defaults.derm7pt)
+
+
+def cmd_fit_gate(args: argparse.Namespace) -> int:
+    from derm.data import DataNotFoundError
+    from derm.gate_fit import fit_gate
+
+    predictor = _load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    try:
+        params, shares = fit_gate(predictor, _gate_sources(args), ham_train_limit=args.ham_train_limit)
+    except (DataNotFoundError, FileNotFoundError) as exc:
+        print(f"derm: {exc}", file=sys.stderr)
+        return 2
+    params.save(Path(args.weights))
+    for name, share in shares.items():
+        print(f"{name:16s} refused {share:6.1%}")
+    print(f"wrote {Path(args.weights) / 'gate.json'} (min probability {params.min_probability:.4f}, "
+          f"max distance {params.max_distance:.1f})")
+    return 0
+
+
+def _add_gate_check(sub: argparse._SubParsersAction) -> None:
+    from derm.gate_fit import SHOULD_ACCEPT, SHOULD_REFUSE
+
+    p = sub.add_parser("gate-check", help="share of images the domain gate refuses, per folder or named set",
+                       description="Runs each image through the app's domain gate and prints, per folder or "
+                                   f"named set, the share refused and why. Named sets: {', '.join(SHOULD_ACCEPT)} "
+                                   f"(should be accepted); {', '.join(SHOULD_REFUSE)} (should be refused).")
+    p.add_argument("folders", nargs="*", help="image folders")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="a named set (repeatable) or 'all'")
+    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
+    p.add_argument("--data", help="HAM10000 folder")
+    p.add_argument("--isic")
+    p.add_argument("--derm7pt")
+    p.add_argument("--json", help="also write the rows to this JSON file (weights/gate_report.json feeds the card)")
+    p.set_defaults(func=cmd_gate_check)
+
+
+def cmd_gate_check(args: argparse.Namespace) -> int:
+    import json
+
+    from derm.data import DataNotFoundError
+    from derm.gate_fit import SHOULD_ACCEPT, SHOULD_REFUSE, check_sets
+
+    predictor = _load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    names = [*SHOULD_ACCEPT, *SHOULD_REFUSE] if "all" in args.sets else args.sets
+    unknown = set(names) - set(SHOULD_ACCEPT) - set(SHOULD_REFUSE)
+    if unknown or not (names or args.folders):
+        print(f"derm: name folders or sets ({', '.join([*SHOULD_ACCEPT, *SHOULD_REFUSE])}, all)"
+              + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""), file=sys.stderr)
+        return 2
+    try:
+        rows = check_sets(predictor, names, args.folders, _gate_sources(args))
+    except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f"derm: {exc}", file=sys.stderr)
+        return 2
+    for row in rows:
+        reasons = ", ".join(f"{k} {v}" for k, v in row["reasons"].items())
+        refused = "n/a" if row["refused"] is None else f"{row['refused']:.1%}"
+        print(f"{row['set']:28s} {row['images']:5d} images  refused {refused:>6s}  {row['expected']:6s}  {reasons}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": "python -m derm " + " ".join(sys.argv[1:]) if sys.argv else "",
+                                               "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+def _add_evaluate_set(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate-set", help="score the app's pipeline on any labelled image set (e.g. from another clinic)",
+                       description="Classification: --images DIR --labels CSV (image_id,dx; any subset of the 7 "
+                                   "classes; metrics over the classes present, per model and for the ensemble). "
+                                   "Segmentation: --images DIR --masks DIR (Dice, IoU, thresholded Jaccard at the "
+                                   "masks' own size, with and without the mask cleaning); --labels then only "
+                                   "picks the images. Same decoding, TTA, routing and mask cleaning as the app.")
+    p.add_argument("--images", required=True, help="folder of images named <image_id>.<ext>")
+    p.add_argument("--labels", help="CSV with image_id (and dx for classification; split for --split)")
+    p.add_argument("--masks", help="folder of reference masks <image_id>_segmentation.png (or _mask.png, .png)")
+    p.add_argument("--split", help="keep only the CSV rows whose split column equals this")
+    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
+    p.add_argument("--out", help="write the report as JSON here (with --name: merged into this file under NAME)")
+    p.add_argument("--name", help="the set's name in --out, e.g. derm7pt (weights/external.json feeds the model card)")
+    p.add_argument("--predictions", help="write one row per image (CSV) here")
+    p.add_argument("--limit", type=int, default=0, help="score at most N images (quick checks)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_evaluate_set)
+
+
+def cmd_evaluate_set(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from derm import external
+
+    if not args.labels and not args.masks:
+        print("derm evaluate-set: give --labels (classification) and/or --masks (segmentation)", file=sys.stderr)
+        return 2
+    try:
+        table = external.read_table(args.labels, args.split, args.limit) if args.labels else None
+        if table is None:
+            table = external.images_in(Path(args.images)).head(args.limit or None)
+        classify = "dx" in table.columns
+        if not classify and not args.masks:
+            raise ValueError(f"{args.labels} has no dx column: give --masks, or labels with dx")
+    except (OSError, ValueError) as exc:
+        print(f"derm evaluate-set: {exc}", file=sys.stderr)
+        return 2
+    predictor = _load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    given = (("--images", args.images), ("--labels", args.labels), ("--split", args.split), ("--masks", args.masks),
+             ("--weights", args.weights), ("--limit", args.limit or None))
+    command = "python -m derm evaluate-set " + " ".join(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)
+    report: dict = {"images": str(args.images), "labels": args.labels, "masks": args.masks, "split": args.split,
+                    "command": command, "code_version": predictor.manifest.get("code_version")}
+    frames = []
+    try:
+        if classify:
+            report["classification"], frame = external.evaluate_classification(predictor, args.images, table,
+                                                                               args.batch_size)
+            frames.append(frame)
+            for name, rep in report["classification"]["models"].items():
+                recall = " ".join(f"{c}={r:.2f}" for c, r in rep["recall"].items())
+                print(f"{name:9s} n={rep['n']} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "
+                      f"macro_f1={rep['macro_f1']:.3f} macro_auc={_num(rep['macro_auc'])} "
+                      f"mel_auc={_num(rep['melanoma_auc'])} recall: {recall}")
+        if args.masks:
+            report["segmentation"], frame = external.evaluate_segmentation(predictor, args.images, args.masks, table)
+            frames.append(frame)
+            seg = report["segmentation"]
+            for name in ("raw", "cleaned"):
+                s = seg[name]
+                print(f"unet {name:7s} n={s['n']} dice={s['dice']:.4f} iou={s['iou']:.4f} "
+                      f"thresholded_jaccard={s['thresholded_jaccard']:.4f} over={s['false_positive_share']:.3f} "
+                      f"under={s['false_negative_share']:.3f}")
+            print(f"cleaning: {seg['cleaning_rule']}")
+    except ValueError as exc:
+        print(f"derm evaluate-set: {exc}", file=sys.stderr)
+        return 2
+    skipped = [s for part in ("classification", "segmentation") for s in report.get(part, {}).get("skipped", [])]
+    for line in skipped:
+        print(f"derm: skipped {line}", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        content = report
+        if args.name:
+            content = json.loads(out.read_text()) if out.is_file() else {}
+            content[args.name] = report
+        out.write_text(json.dumps(content, indent=1) + "\n")
+        print(f"wrote {out}" + (f" ({args.name})" if args.name else ""))
+    if args.predictions:
+        import functools
+
+        merged = functools.reduce(lambda a, b: a.merge(b, on="image_id", how="outer"), frames)
+        merged.to_csv(args.predictions, index=False)
+        print(f"wrote {args.predictions}")
+    return 1 if skipped else 0
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _add_runs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list training runs with their best validation numbers",
                        description="One row per run folder, newest first: settings, progress, best-epoch "
@@ -277,7 +470,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs):
+    for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs, _add_evaluate_set,
+                _add_fit_gate, _add_gate_check):
         add(sub)
     return parser
 

@@ -21,8 +21,12 @@ from derm.classes import CLASS_INDEX, CLASSES
 
 DATA_ENV = "DERM_DATA"
 CACHE_ENV = "DERM_CACHE"
+SPLIT_ENV = "DERM_SPLIT"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLITS = ("train", "val", "test")
+DEFAULT_SPLIT = "weights/split.csv"
+# the test split's images, masks and metadata rows, committed (scripts/make_test_subset.py builds it)
+TEST_SUBSET_DIR = REPO_ROOT / "data" / "ham10000-test"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -49,6 +53,46 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
             f"images/. Set ${DATA_ENV} or pass --data (see README.md, 'Data')."
         )
     return path
+
+
+def default_split() -> str:
+    """$DERM_SPLIT if set, else the shipped weights/split.csv: the split a run uses unless told.
+
+    The tests point it at a split of the shipped test images, so runs launched the way the app
+    launches them (a child process, no --split) train without the full dataset.
+    """
+    return os.environ.get(SPLIT_ENV) or DEFAULT_SPLIT
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where HAM10000 images come from: the full dataset, or only the test split shipped in the repo."""
+
+    path: Path
+    complete: bool  # False: the shipped test split only (enough for everything that shows test images)
+
+    def summary(self) -> str:
+        """One line for the app: which images are available and what that means."""
+        shown = self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path
+        if self.complete:
+            return f"the full dataset at `{shown}`"
+        return (f"the test split shipped with derm (`{shown}`): the full dataset was not found, so training "
+                f"is not available (set ${DATA_ENV}, see README, 'Data')")
+
+
+def image_source(data_dir: str | Path | None = None, subset_dir: Path = TEST_SUBSET_DIR) -> ImageSource:
+    """The full dataset when found, else the shipped test split: showing test images needs no download.
+
+    Raises DataNotFoundError only when neither is there (a checkout without data/ham10000-test).
+    """
+    try:
+        path = resolve_data_dir(data_dir)
+    except DataNotFoundError as missing:
+        try:
+            return ImageSource(resolve_data_dir(subset_dir), complete=False)
+        except DataNotFoundError:
+            raise missing from None
+    return ImageSource(path, complete=path.resolve() != subset_dir.resolve())
 
 
 def cache_dir() -> Path:

@@ -12,6 +12,8 @@ import torch
 from derm import data, runs
 from derm.classes import CLASSES
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report
+from derm.maskclean import NONE as NO_CLEANING
+from derm.maskclean import CleanConfig, clean
 from derm.models import build_model
 from derm.pipeline import ClassifierModel, SegmenterModel
 
@@ -39,12 +41,15 @@ def segmenter_probabilities(seg: SegmenterModel, images: np.ndarray, batch_size:
                            for s in range(0, len(images), batch_size)])
 
 
-def full_resolution_scores(probs: np.ndarray, mask_paths: list[str], threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image Dice/IoU against the original 600x450 masks, upsampling the probability maps."""
+def full_resolution_scores(probs: np.ndarray, mask_paths: list[str], threshold: float,
+                           cleaning: CleanConfig = NO_CLEANING) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice/IoU against the original 600x450 masks, upsampling the probability maps, then
+    thresholding and cleaning (derm.maskclean) there, as the app does at an image's own size."""
     dices, ious = [], []
     for prob, path in zip(probs, mask_paths):
         truth = cv2.imread(path, cv2.IMREAD_GRAYSCALE) >= 128
-        big = cv2.resize(prob, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR) >= threshold
+        big = clean(cv2.resize(prob, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR) >= threshold,
+                    cleaning)
         d, i = batch_dice_iou(big[None], truth[None])
         dices.append(d[0])
         ious.append(i[0])

@@ -23,6 +23,7 @@ from derm.classes import CLASSES
 from derm.evaluate import (classifier_probabilities, full_resolution_scores, load_checkpoint_model,
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
+from derm.maskclean import CHOSEN as CHOSEN_CLEANING
 from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
@@ -241,12 +242,16 @@ def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry
         for t in THRESHOLDS:
             candidates[(tta, t)] = (float(batch_dice_iou(prob >= t, np.asarray(val_masks))[0].mean()), prob)
     (tta, threshold), _ = max(candidates.items(), key=lambda kv: kv[1][0])
-    seg.tta, seg.threshold = tta, threshold
+    seg.tta, seg.threshold, seg.cleaning = tta, threshold, CHOSEN_CLEANING
     choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v[0] for k, v in candidates.items()}}
-    entry = {**entry, "tta": list(tta), "threshold": threshold}
+    entry = {**entry, "tta": list(tta), "threshold": threshold, "cleaning": CHOSEN_CLEANING.to_dict()}
     report = {}
     for split_name, part in parts.items():
         prob = candidates[(tta, threshold)][1] if split_name == "val" else segmenter_probabilities(seg, images[split_name])
-        dice, iou = full_resolution_scores(prob, list(part["mask_path"]), threshold)
+        dice, iou = full_resolution_scores(prob, list(part["mask_path"]), threshold, CHOSEN_CLEANING)
         report[split_name] = {"resolution": [450, 600], **segmentation_report(dice, iou)}
+        if split_name == "val":  # the cleaning rule was chosen on validation (scripts/choose_cleaning.py); its effect here
+            raw_dice, _ = full_resolution_scores(prob, list(part["mask_path"]), threshold)
+            choices["unet"]["cleaning"] = {"rule": CHOSEN_CLEANING.describe(), "val_dice_without": float(raw_dice.mean()),
+                                           "val_dice_with": report[split_name]["dice"]}
     return report, entry

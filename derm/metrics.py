@@ -69,6 +69,23 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+def present_classes_report(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """classification_report for a set that lacks some classes (e.g. derm7pt has no AKIEC): the label
+    is still the argmax over all 7, but balanced accuracy, macro F1 and macro AUC average over the
+    classes present in y_true only; adds melanoma-vs-rest AUC and per-class recall."""
+    report = classification_report(y_true, probs)
+    y_true = np.asarray(y_true, dtype=int)
+    present = sorted(set(y_true.tolist()))
+    _, recall, f1, _ = skm.precision_recall_fscore_support(y_true, np.asarray(probs).argmax(axis=1), labels=present,
+                                                           zero_division=0)
+    report.update(classes_present=[CLASSES[i] for i in present],
+                  balanced_accuracy=float(recall.mean()) if present else 0.0,
+                  macro_f1=float(f1.mean()) if present else 0.0,
+                  melanoma_auc=report["per_class"]["MEL"]["auc"],
+                  recall={CLASSES[i]: float(r) for i, r in zip(present, recall)})
+    return report
+
+
 def selection_score(report: dict) -> float:
     """What picks the best epoch: the mean of balanced accuracy and macro F1, both imbalance-aware."""
     return 0.5 * (report["balanced_accuracy"] + report["macro_f1"])

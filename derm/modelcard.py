@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from derm.classes import CLASSES, FULL_NAMES
+from derm.maskclean import CleanConfig
 from derm.metrics import selection_score
 
 BARS = {"balanced_accuracy": 0.70, "macro_f1": 0.62, "macro_auc": 0.93, "accuracy": 0.75}
@@ -87,6 +88,11 @@ def choices_section(metrics: dict, manifest: dict) -> list[str]:
         unet = manifest["models"]["unet"]
         lines += [f"U-Net: threshold {unet['threshold']} and TTA {'on' if unet['tta'] else 'off'} chosen by validation "
                   f"Dice at the network's input resolution (best: {best[0]}, {best[1]:.3f}).", ""]
+        cleaning = choices["unet"].get("cleaning")
+        if cleaning:
+            lines += [f"U-Net mask cleaning: {cleaning['rule']}, chosen on HAM10000 val and isic2018_task1 val "
+                      "(`python scripts/choose_cleaning.py`, docs/tried.md); HAM10000 val Dice at 600x450 "
+                      f"{cleaning['val_dice_without']:.4f} without it, {cleaning['val_dice_with']:.4f} with it.", ""]
     return lines
 
 
@@ -118,6 +124,115 @@ def trained_for(training: dict) -> str:
     if training.get("epochs_before"):
         return f"{training['epochs_before']} + {training['epochs']} epochs (warm restart)"
     return f"{training['epochs']} epochs"
+
+
+GATE_SETS = {
+    "ham_val": "HAM10000 validation split (chose the thresholds)",
+    "ham_test": "HAM10000 test split",
+    "isic_val": "isic2018_task1 val (chose the thresholds)",
+    "isic_test": "isic2018_task1 test",
+    "derm7pt_report": "derm7pt dermoscopic images, the 30% share of cases the gate never saw",
+    "derm7pt": "derm7pt dermoscopic images, all 987 (50% of cases were fitting positives, 20% validation)",
+    "clinical_report": "derm7pt clinical/ photos, the 30% share the gate never saw",
+    "clinical_all": "derm7pt clinical/ photos, all 413 (50% were fitting negatives, 20% validation)",
+    "skimage": "scikit-image's sample images (never used by the gate)",
+    "drawn_screens": "drawn pages: text, tables, charts, image grids (a seed not used in fitting)",
+    "drawn_blank": "drawn blank frames: flat colours, noise, gradients, patterns (a seed not used in fitting)",
+}
+
+
+def gate_section(weights_dir: Path) -> list[str]:
+    """The domain gate: what it refuses and accepts per set, from weights/gate_report.json."""
+    path = Path(weights_dir) / "gate_report.json"
+    if not path.is_file():
+        return []
+    report = json.loads(path.read_text())
+    gate_json = Path(weights_dir) / "gate.json"
+    notes = json.loads(gate_json.read_text()).get("notes", {}) if gate_json.is_file() else {}
+    accept = notes.get("config", {}).get("accept_val_share", float("nan"))
+    lines = ["## The domain gate: images the models were not made for", "",
+             "Before any diagnosis the app asks whether the image is a dermatoscopic image of a skin lesion "
+             "(`derm/gate.py`): a logistic regression over the shipped ResNet18's pooled features and simple "
+             "image statistics, fitted against clinical photos, everyday photos, screens and blank frames, plus a "
+             "Mahalanobis distance from dermatoscopic images and a greyscale rule. The thresholds keep "
+             f"{accept:.1%} of each validation source of dermatoscopic images (HAM10000 val, isic2018_task1 val, "
+             "derm7pt's validation share of cases). Which images play which part: `derm/gate_fit.py`. Fitted by "
+             "`python -m derm fit-gate` (refit whenever the ResNet18 changes: the gate checks its hash); measured by:", "",
+             f"`{report.get('command', 'python -m derm gate-check --set all')}`", "",
+             "| set | images | should be | refused | refusals by reason |", "|---|---|---|---|---|"]
+    for row in report["rows"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in row["reasons"].items()) or "–"
+        refused = "–" if row["refused"] is None else f"{row['refused']:.1%}"
+        lines.append(f"| {GATE_SETS.get(row['set'], row['set'])} | {row['images']} | {row['expected'] or '–'} "
+                     f"| {refused} | {reasons} |")
+    return lines + [""]
+
+
+EXTERNAL_FILE = "external.json"
+EXTERNAL_TITLES = {
+    "derm7pt": "derm7pt: 987 dermoscopic images from the Interactive Atlas of Dermoscopy (6 classes, no AKIEC)",
+    "isic2018_task1_test": "isic2018_task1 test split: 594 ISIC 2018 Task 1 images with expert masks (256x256)",
+}
+# issue 11's bars for images from elsewhere: (set, model or "unet", metric, at least, shown as)
+EXTERNAL_BARS = [
+    ("derm7pt", "ensemble", "balanced_accuracy", 0.50, "ensemble balanced accuracy"),
+    ("derm7pt", "ensemble", "macro_auc", 0.83, "ensemble macro AUC"),
+    ("derm7pt", "ensemble", "melanoma_auc", 0.78, "ensemble melanoma-vs-rest AUC"),
+    ("isic2018_task1_test", "unet", "dice", 0.90, "U-Net Dice (cleaned mask)"),
+    ("isic2018_task1_test", "unet", "thresholded_jaccard", 0.78, "U-Net thresholded Jaccard (cleaned mask)"),
+]
+
+
+def external_section(weights_dir: Path) -> list[str]:
+    """Images from other sources, from weights/external.json (written by `python -m derm evaluate-set
+    ... --out weights/external.json --name SET`)."""
+    path = Path(weights_dir) / EXTERNAL_FILE
+    if not path.is_file():
+        return []
+    sets = json.loads(path.read_text())
+    lines = ["## Images from other sources", "",
+             "What a user uploads is rarely a HAM10000 image. These sets come from other clinics, cameras and "
+             "mask-drawing habits; none was used to train or choose anything except the mask-cleaning rule, chosen "
+             "on isic2018_task1's *val* split together with HAM10000 val (not on the test rows below). Each is scored "
+             "through the app's own pipeline (derm.imageio decoding, the same preprocessing, TTA, temperatures, "
+             "routing and mask cleaning) by `python -m derm evaluate-set`. Classification metrics average over the "
+             "classes present in the set; the label is still the argmax over all 7 classes.", ""]
+    for name, entry in sets.items():
+        lines += [f"### {EXTERNAL_TITLES.get(name, name)}", "", f"`{entry.get('command')}`", ""]
+        cls = entry.get("classification")
+        if cls:
+            models = cls["models"]
+            present = next(iter(models.values()))["classes_present"]
+            lines += ["| model | images | accuracy | balanced acc. | macro F1 | macro AUC | melanoma AUC | " +
+                      " | ".join(f"recall {c}" for c in present) + " |", "|---" * (7 + len(present)) + "|"]
+            for model in sorted(models, key=lambda m: m == "ensemble"):
+                rep = models[model]
+                lines.append(f"| {model} | {rep['n']} | {_f(rep['accuracy'])} | {_f(rep['balanced_accuracy'])} | "
+                             f"{_f(rep['macro_f1'])} | {_f(rep['macro_auc'])} | {_f(rep['melanoma_auc'])} | " +
+                             " | ".join(_f(rep["recall"].get(c)) for c in present) + " |")
+            lines.append("")
+        seg = entry.get("segmentation")
+        if seg:
+            lines += ["| U-Net mask | images | Dice | IoU | median Dice | thresholded Jaccard | IoU < 0.65 | "
+                      "false-positive area / true area | false-negative area / true area |", "|---" * 9 + "|"]
+            for key, label in (("raw", "thresholded, no cleaning"), ("cleaned", f"cleaned: {seg['cleaning_rule']}")):
+                s = seg[key]
+                lines.append(f"| {label} | {s['n']} | {_f(s['dice'])} | {_f(s['iou'])} | {_f(s['dice_median'])} | "
+                             f"{_f(s['thresholded_jaccard'])} | {s['failure_rate']:.1%} | "
+                             f"{s['false_positive_share']:.1%} | {s['false_negative_share']:.1%} |")
+            lines += ["", f"Scored per image at the reference masks' own size, threshold {seg['threshold']}; "
+                      "thresholded Jaccard is the ISIC 2018 Task 1 score (per-image IoU, 0 below 0.65, averaged).", ""]
+    bars = []
+    for set_name, model, key, bar, label in EXTERNAL_BARS:
+        entry = sets.get(set_name, {})
+        value = (entry.get("segmentation", {}).get("cleaned", {}).get(key) if model == "unet"
+                 else entry.get("classification", {}).get("models", {}).get(model, {}).get(key))
+        if value is not None:
+            bars.append(f"| {set_name} | {label} | ≥ {bar:.2f} | {_f(value)} | {'yes' if value >= bar else 'no'} |")
+    if bars:
+        lines += ["Against the bars set for images from elsewhere (issue 11):", "",
+                  "| set | metric | bar | shipped | met? |", "|---|---|---|---|---|", *bars, ""]
+    return lines
 
 
 def render(weights_dir: Path, tried: list[str] | None = None) -> str:
@@ -169,8 +284,13 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
         for split, seg in metrics["segmenter"].items():
             lines.append(f"| {split} | {_f(seg['dice'])} | {_f(seg['iou'])} | {_f(seg['dice_median'])} | "
                          f"{_f(seg['thresholded_jaccard'])} | {seg['failure_rate']:.1%} |")
+        cleaning = manifest["models"].get("unet", {}).get("cleaning")
         lines += ["", "Scored per image at the masks' own 600x450 resolution (the U-Net's probability map is "
-                  "upsampled bilinearly, then thresholded), mean over images.", ""]
+                  "upsampled bilinearly, then thresholded" +
+                  (f" and cleaned as the app cleans it: {CleanConfig.from_dict(cleaning).describe()}" if cleaning else "") +
+                  "), mean over images.", ""]
+    lines += external_section(weights_dir)
+    lines += gate_section(weights_dir)
     lines += ["## Choices made on validation", "", *choices_section(metrics, manifest)]
     if tried:
         lines += ["## What was tried", "", *tried, ""]

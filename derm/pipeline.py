@@ -18,6 +18,11 @@ from derm import lesion
 from derm.augment import normalize
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
+from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_params_for
+from derm.maskclean import NONE as NO_CLEANING
+from derm.maskclean import CleanConfig
+from derm.maskclean import clean as clean_mask
+from derm.precision import cpu_has_fast_bf16
 from derm.weights import default_weights_dir, load_model, read_manifest
 
 TTA_VIEWS = ("identity", "hflip", "vflip", "rot180")  # dermoscopy has no canonical orientation
@@ -74,7 +79,7 @@ class ClassifierModel:
     normalization: dict
     temperature: float = 1.0
     tta: tuple[str, ...] = ()
-    bf16: bool = True  # bf16 autocast: ~1.6x faster on this CPU (AMX); fp32 for comparison
+    bf16: bool = True  # bf16 autocast: ~1.6x faster on CPUs with native bf16 (derm.precision)
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization)
@@ -122,6 +127,7 @@ class SegmenterModel:
     threshold: float = 0.5
     tta: tuple[str, ...] = ()
     bf16: bool = True
+    cleaning: CleanConfig = NO_CLEANING  # derm.maskclean: one lesion, not the vignette (manifest `cleaning`)
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
@@ -133,13 +139,13 @@ class SegmenterModel:
         return probs[:, 0].numpy()
 
     def mask(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Binary mask and probability map at the image's own size (the whole image, no crop)."""
+        """Cleaned binary mask and probability map at the image's own size (the whole image, no crop)."""
         landscape, rotated = to_landscape(rgb)
         prob = self.probabilities(resize_rgb(landscape, self.input_hw)[None])[0]
         prob = cv2.resize(prob, (landscape.shape[1], landscape.shape[0]), interpolation=cv2.INTER_LINEAR)
         if rotated:
             prob = np.ascontiguousarray(np.rot90(prob, k=-1))
-        return prob >= self.threshold, prob
+        return clean_mask(prob >= self.threshold, self.cleaning), prob
 
 
 @dataclass
@@ -155,18 +161,25 @@ class Result:
     lesion: dict | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    domain: GateDecision | None = None  # the domain gate's verdict; None when the weights have no gate
+
+    @property
+    def in_domain(self) -> bool:
+        """False when the gate refused the image: the numbers above are then not to be trusted."""
+        return self.domain is None or self.domain.in_domain
 
     def row(self) -> dict:
         return {**{c: round(self.probabilities[c], 6) for c in CLASSES}, "label": self.label,
-                "confidence": round(self.confidence, 6)}
+                "confidence": round(self.confidence, 6), "in_domain": self.in_domain}
 
 
 class Predictor:
     """Loads the shipped weights once; safe to share between app sessions: every use of the
     classifiers takes one lock, since Grad-CAM's hooks would otherwise record another session's pass."""
 
-    def __init__(self, weights_dir: str | Path | None = None, bf16: bool = True):
+    def __init__(self, weights_dir: str | Path | None = None, bf16: bool | None = None):
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
+        bf16 = cpu_has_fast_bf16() if bf16 is None else bf16  # None: wherever it is native
         self.manifest = read_manifest(self.weights_dir)
         if list(self.manifest["classes"]) != list(CLASSES):
             raise ValueError(f"{self.weights_dir}: class order {self.manifest['classes']} is not {CLASSES}")
@@ -186,8 +199,26 @@ class Predictor:
         seg = self.manifest["models"].get("unet")
         self.segmenter = SegmenterModel(load_model(seg, self.weights_dir), tuple(seg["input_hw"]),
                                         seg["normalization"], seg.get("threshold", 0.5),
-                                        tuple(seg.get("tta", ())), bf16) if seg else None
+                                        tuple(seg.get("tta", ())), bf16,
+                                        CleanConfig.from_dict(seg.get("cleaning"))) if seg else None
+        self.gate = self._load_gate()
         self._lock = threading.RLock()
+
+    def _load_gate(self) -> DomainGate | None:
+        """The domain gate beside the weights (gate.json), bound to the classifier it was fitted on."""
+        if not has_gate(self.weights_dir) or FEATURE_MODEL not in self.classifiers:
+            return None
+        feature_file = self.weights_dir / self.manifest["models"][FEATURE_MODEL]["file"]
+        clf = self.classifiers[FEATURE_MODEL]
+        return DomainGate(load_params_for(self.weights_dir, feature_file), clf.model, clf.tensor, clf.bf16)
+
+    def check_domain(self, images: list[np.ndarray]) -> list[GateDecision | None]:
+        """The gate's verdict per image (None for each when these weights have no gate)."""
+        if self.gate is None:
+            return [None] * len(images)
+        inputs = [classifier_input(im, self.classifiers[FEATURE_MODEL].input_hw) for im in images]
+        with self._lock:
+            return self.gate.check(images, inputs)
 
     # -- classification
 
@@ -205,6 +236,8 @@ class Predictor:
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
         """Classify, segment, measure and warn for one RGB uint8 image."""
+        tg = time.perf_counter()
+        domain = self.check_domain([rgb])[0]
         t0 = time.perf_counter()
         combined, per_model = self.classify([rgb])
         t1 = time.perf_counter()
@@ -213,7 +246,7 @@ class Predictor:
         result = Result(probabilities=probs,
                         per_model={m: {c: float(p[0, i]) for i, c in enumerate(CLASSES)} for m, p in per_model.items()},
                         source=dict(self.routing), label=label, confidence=probs[label],
-                        seconds={"classify": t1 - t0})
+                        seconds={"gate": t0 - tg, "classify": t1 - t0}, domain=domain)
         if with_mask and self.segmenter is not None:
             result.mask, _ = self.segmenter.mask(rgb)
             result.lesion = lesion.measure(rgb, result.mask)
@@ -223,6 +256,8 @@ class Predictor:
 
     def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
         warnings = []
+        if result.domain is not None and not result.domain.in_domain:
+            warnings.append(f"Not a dermatoscopic lesion image? {result.domain.reason}")
         if result.confidence < LOW_CONFIDENCE:
             warnings.append(f"Low confidence: the top class has only {result.confidence:.0%}.")
         tops = {m: max(p, key=p.get) for m, p in result.per_model.items()}

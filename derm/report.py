@@ -69,6 +69,10 @@ def result_record(result: Result, meta: dict | None = None) -> dict:
         "source": result.source,
         "lesion": result.lesion,
         "warnings": result.warnings,
+        "in_domain": result.in_domain,
+        "domain": None if result.domain is None else {"probability": result.domain.probability,
+                                                       "distance": result.domain.distance,
+                                                       "reason": result.domain.reason},
         "seconds": result.seconds,
         "note": "Research demo, not a diagnosis. " + NO_SCALE_NOTE,
     }

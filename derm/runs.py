@@ -124,8 +124,8 @@ def read_status(run_dir: Path) -> dict:
 def list_runs(root: Path | None = None) -> list[dict]:
     """Every run folder, newest first, with its config, status and last metrics record.
 
-    A launched run has only status.json until its process has loaded the data and written
-    config.json; it is listed from the start, so a second launch in that window is refused.
+    A launched run has status.json (and, launched from the app, config.json) from the start, so it is
+    listed at once and a second launch in its start-up window is refused.
     """
     root = root or runs_root()
     if not root.is_dir():
@@ -147,25 +147,32 @@ def active_run(root: Path | None = None) -> dict | None:
     return None
 
 
-def _record_pid(run_dir: Path, pid: int) -> None:
-    """Note the child's pid unless the child already did (it writes "running" with its own pid)."""
+def _record_started(run_dir: Path, pid: int) -> None:
+    """The child exists: "running" with its pid at once, as the child itself writes when it starts,
+    so every view of the run shows one state from the first moment. A child that already wrote its
+    own state (running, or failed) keeps it."""
     if read_json(run_dir / "status.json").get("state") == "queued":
-        write_status(run_dir, "queued", pid=pid)
+        write_status(run_dir, "running", pid=pid)
 
 
 class RunBusyError(RuntimeError):
     """Another run is using the machine (2 cores: one training run at a time)."""
 
 
-def launch(train_args: list[str], name: str, root: Path | None = None) -> Path:
+def launch(train_args: list[str], name: str, root: Path | None = None, config: dict | None = None) -> Path:
     """Start `python -m derm train ...` detached in its own session and return its run folder.
 
     The caller passes an argument list (never a shell string); output goes to runs/<id>/log.txt.
     The process outlives the app and the browser tab; the run's files are how anyone finds it again.
+    `config` (the TrainConfig as a dict) is written as config.json before the process starts, so the
+    run shows its task, architecture and input size at once, not only once its data is loaded (the
+    child then rewrites it with the normalisation it measured).
     """
     _refuse_if_busy(root)
     run_dir = new_run_dir(name, root)
-    write_status(run_dir, "queued", pid=None, error=None)
+    if config is not None:
+        write_json_atomic(run_dir / "config.json", config)
+    write_status(run_dir, "queued", pid=None, error=None, epoch=0, epochs=(config or {}).get("epochs"))
     _spawn(run_dir, [*train_args, "--run-dir", str(run_dir)], log_mode="w")
     return run_dir
 
@@ -194,7 +201,7 @@ def _spawn(run_dir: Path, train_args: list[str], log_mode: str) -> None:
     with open(run_dir / "log.txt", log_mode) as log:
         process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args], cwd=REPO_ROOT, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    _record_pid(run_dir, process.pid)
+    _record_started(run_dir, process.pid)
 
 
 def stop(run_dir: Path) -> bool:

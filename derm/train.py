@@ -21,8 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from derm import data, distributed, runs, weights
+from derm.precision import cpu_has_fast_bf16
 from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
 from derm.classes import NUM_CLASSES
+from derm.data import default_split
 from derm.metrics import batch_dice_iou, classification_report, selection_score
 from derm.models import CLASSIFIER_ARCHS, build_model
 
@@ -53,7 +55,7 @@ class TrainConfig:
     unet_width: int = 32
     seed: int = 0
     data: str | None = None
-    split: str = "weights/split.csv"
+    split: str = field(default_factory=default_split)  # $DERM_SPLIT or weights/split.csv
     limit: int = 0  # if > 0, use at most this many images per split (quick tests)
     threads: int = 0  # 0 = all cores
     init: str | None = None  # warm start: a run folder (its best.pt), a checkpoint or a shipped .safetensors
@@ -242,8 +244,11 @@ def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: d
 
 
 def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CPU (AMX) and on GPUs that have it; fp16 (with a GradScaler) on older GPUs."""
+    """bf16 on CPUs with native bf16 (AMX) and on GPUs that have it; fp16 (with a GradScaler) on older
+    GPUs; fp32 on CPUs that would only emulate bf16 (several times slower than fp32 there)."""
     if config.precision != "bf16":
+        return None
+    if device.type == "cpu" and not cpu_has_fast_bf16():
         return None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16

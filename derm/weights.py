@@ -4,6 +4,7 @@ manifest.json
   classes                class order of every probability vector
   models.<name>          arch, file, input_hw, normalization, temperature, tta, (unet) width and
                          threshold, training {command, run, best_epoch, seconds, code_version}
+                         (unet) cleaning: derm.maskclean.CleanConfig fields; absent = no cleaning
   ensemble               routing {class: model}, prior_correction, train_class_counts, ood
 """
 

@@ -1,7 +1,10 @@
-"""Shared fixtures: the real HAM10000 (skips cleanly where it is absent) and tiny but real weights.
+"""Shared fixtures: the HAM10000 test split shipped in data/ham10000-test (every clone has it), the
+full dataset for the few tests about all of it (skipped where it is absent), and tiny but real weights.
 
-The tiny weights come from the real code path: `derm.train.train` for one epoch on a few dozen real
-images at low resolution, then `derm.export.export` into a temporary weights folder.
+The tiny weights come from the real code path: `derm.train.train` for one epoch on a few dozen of the
+shipped images at low resolution, then `derm.export.export` into a temporary weights folder. The
+shipped images are all test images of weights/split.csv, so `fixture_split` splits them again,
+grouped by lesion, into train/val/test for these tiny runs.
 """
 
 from __future__ import annotations
@@ -10,46 +13,68 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import pytest
 
-from derm import data
+from derm import catalog, data
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_HW = (48, 64)
-
-
-def _data_or_skip() -> Path:
-    try:
-        return data.resolve_data_dir()
-    except data.DataNotFoundError as exc:
-        pytest.skip(str(exc))
+UPLOAD_HW = (450, 600)  # what users upload: the size of the dataset's originals
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    return _data_or_skip()
+    """The shipped test split: real images, masks and metadata, laid out like the full dataset."""
+    return data.resolve_data_dir(data.TEST_SUBSET_DIR)
 
 
 @pytest.fixture(scope="session")
-def original_image(data_dir: Path) -> Path:
-    """A real full-size (600x450) dermatoscopic photo, as users upload."""
-    return sorted((data_dir / "originals").glob("*.jpg"))[0]
+def full_data_dir() -> Path:
+    """The complete HAM10000, only for tests about all of it; they skip where it is absent."""
+    try:
+        return data.resolve_data_dir()
+    except data.DataNotFoundError as exc:
+        pytest.skip(f"needs the full HAM10000: {exc}")
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
-    """One-epoch runs of ResNet18, ResNet50 and the U-Net on 64 real images at 48x64."""
+def fixture_split(tmp_path_factory, data_dir: Path) -> Path:
+    """train/val/test of the shipped images (lesion-grouped, stratified, 80/10/10) for tiny runs."""
+    path = tmp_path_factory.mktemp("split") / "split.csv"
+    table = data.load_table(data_dir)
+    data.write_split(table, data.make_split(table, seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def original_image(tmp_path_factory, data_dir: Path) -> Path:
+    """A 600x450 dermatoscopic photo, as users upload: a shipped 200x150 test image scaled 3x.
+
+    The dataset's 600x450 originals are not shipped; the models see every upload at their own input
+    size anyway, and the upload paths (decoding, odd formats, masks at the input size) need the size.
+    """
+    small = cv2.imread(str(data_dir / "images" / f"{catalog.EXAMPLE_ID}.jpg"))
+    path = tmp_path_factory.mktemp("upload") / f"{catalog.EXAMPLE_ID}.jpg"
+    cv2.imwrite(str(path), cv2.resize(small, UPLOAD_HW[::-1], interpolation=cv2.INTER_CUBIC),
+                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, data_dir, fixture_split) -> dict[str, Path]:
+    """One-epoch runs of ResNet18, ResNet50 and the U-Net on 64 shipped images at 48x64."""
     from derm.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("runs")
     split = root / "split.csv"
-    shutil.copyfile(REPO / "weights" / "split.csv", split)
+    shutil.copyfile(fixture_split, split)
     os.environ["DERM_RUNS"] = str(root)
     out = {}
     for name, task, arch in (("resnet18", "classifier", "resnet18"), ("resnet50", "classifier", "resnet50"),
                              ("unet", "segmenter", None)):
         config = TrainConfig.for_task(task, arch, epochs=1, limit=64, height=TINY_HW[0], width=TINY_HW[1],
-                                      batch_size=16, split=str(split), unet_width=8)
+                                      batch_size=16, data=str(data_dir), split=str(split), unet_width=8)
         out[name] = train(config, root / name, progress=False)
     return out
 

@@ -1,5 +1,6 @@
 """The Streamlit app driven headless (AppTest) on tiny real weights and real HAM10000 images:
-the diagnosis, every kind of bad input, the explorer's cell click, a real training run and its promotion.
+the diagnosis, every kind of bad input, the examples, the explorer's cell click (also with only the
+shipped test split, as in a fresh clone), a real training run and its promotion.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from derm import data, explorer, jobs, runs
-from derm.classes import FULL_NAMES
+from derm import catalog, data, explorer, jobs, runs
+from derm.classes import CLASSES, FULL_NAMES
 from derm.pipeline import Result
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,21 @@ def runs_dir(tiny_weights, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DERM_WEIGHTS", str(tiny_weights))
     monkeypatch.setenv("DERM_RUNS", str(tmp_path / "runs"))
     return tmp_path / "runs"
+
+
+@pytest.fixture
+def no_dataset(tmp_path, monkeypatch) -> None:
+    """As in a fresh clone: the full HAM10000 is not found, only the test split shipped in the repo."""
+    (tmp_path / "no-dataset").mkdir()
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "no-dataset"))
+
+
+@pytest.fixture(params=["found", "shipped"])
+def images_mode(request) -> str:
+    """Run a test with the images derm finds (the full dataset where present) and with the shipped ones."""
+    if request.param == "shipped":
+        request.getfixturevalue("no_dataset")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +137,7 @@ def test_unusable_files_get_one_clear_message(runs_dir, lesion, case):
     name, make, message = UNUSABLE[case]
     at = upload(start_app(), name, make(lesion))
     assert len(at.error) == 1 and message in at.error[0].value and at.error[0].value.startswith(name)
-    assert not analyses(at) and not at.get("image")
+    assert not analyses(at) and len(at.get("image")) == len(catalog.EXAMPLES)  # the examples row, nothing else
 
 
 def exif_rotated(lesion: Image.Image) -> bytes:
@@ -164,22 +180,43 @@ def test_camera_photo_is_analysed(runs_dir, lesion):
     assert not at.exception and not at.error and len(analyses(at)) == 1
 
 
-def test_ham10000_picker_by_id_class_and_random(runs_dir, data_dir):
-    table = data.load_table(data_dir)
+def test_ham10000_picker_by_id_class_and_random(runs_dir, tiny_weights, images_mode):
+    source = data.image_source()
+    assert source.complete == (images_mode == "found" and source.path != data.TEST_SUBSET_DIR)
+    table = data.load_table(source.path)
     at = start_app()
     at.radio(key="source").set_value("HAM10000 image").run()
+    expected = "the full dataset's images" if source.complete else "the models never saw these images"
+    assert expected in texts(at.caption)
     at.text_input(key="ham_id").set_value("ISIC_9999999").run()
     assert "not a HAM10000 image id" in at.error[0].value and not analyses(at)
 
-    at.text_input(key="ham_id").set_value("isic_0024306").run()
-    truth = table.set_index("image_id").loc["ISIC_0024306"]
+    image_id = data.load_table(data.TEST_SUBSET_DIR)["image_id"].iloc[0]  # a test image: in either table
+    at.text_input(key="ham_id").set_value(image_id.lower()).run()
+    truth = table.set_index("image_id").loc[image_id]
     assert not at.error and f"**{FULL_NAMES[truth['label']]} ({truth['label']})**" in texts(at.info)
+    split = catalog.split_of(image_id, tiny_weights / "split.csv")  # the tiny models' own split of these images
+    assert f"{image_id} is in the {split} split" in texts(at.caption)
 
     at.selectbox(key="ham_class").set_value("VASC").run()
     next(b for b in at.button if b.label == "Random").click().run()
     picked = at.text_input(key="ham_id").value
     assert table.set_index("image_id").loc[picked, "label"] == "VASC"
     assert "(VASC)**" in texts(at.info) and len(analyses(at)) == 2
+
+
+def test_an_example_click_gives_a_result_beside_its_ground_truth(runs_dir, no_dataset):
+    at = start_app()
+    assert "the test split shipped with derm" in texts(at.sidebar.markdown)
+    shown = [b.key for b in at.button if b.key and b.key.startswith("example_")]
+    assert shown == [f"example_{catalog.EXAMPLES[c]}" for c in CLASSES]
+    first = catalog.EXAMPLES[CLASSES[0]]
+    at.button(key=f"example_{first}").click().run()
+    assert not at.exception and not at.error
+    [result] = analyses(at)
+    assert at.subheader[0].value.startswith(f"Most likely: {FULL_NAMES[result.label]}")
+    assert f"ground truth for {first}: **{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})**" in texts(at.info)
+    assert at.radio(key="source").value == "HAM10000 image" and at.text_input(key="ham_id").value == first
 
 
 def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_image):
@@ -200,7 +237,7 @@ def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_imag
 # ----------------------------------------------------------------------------- explorer
 
 
-def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights):
+def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights, images_mode):
     frame = explorer.load_predictions(tiny_weights)
     at = start_app("app_pages/explorer.py")
     assert at.metric[0].value == str(len(frame))
@@ -217,7 +254,7 @@ def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights
     expected = explorer.images_in_cell(frame, "resnet18", busiest["true"], busiest["pred"])
     opens = [b for b in at.button if b.label == "Open"]
     assert [b.key for b in opens] == [f"open_{i}" for i in expected["image_id"][: len(opens)]]
-    assert len(opens) == min(len(expected), 12)
+    assert len(opens) == min(len(expected), 12) and len(at.get("image")) == len(opens)  # a thumbnail each
 
     at.button(key=f"open_{expected['image_id'][0]}").click().run()
     assert not at.exception
@@ -258,7 +295,15 @@ def test_out_of_range_settings_start_nothing(runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
-def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir):
+def test_training_without_the_full_dataset_starts_nothing(runs_dir, no_dataset):
+    at = submit_run(start_app("app_pages/training.py"), epochs_classifier=1, limit_classifier=32)
+    assert "Not started: training needs the full HAM10000" in texts(at.error)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir, data_dir, fixture_split, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(data_dir))  # the app launches runs on the default data and split
+    monkeypatch.setenv(data.SPLIT_ENV, str(fixture_split))
     at = submit_run(start_app("app_pages/training.py"), epochs_classifier=1, limit_classifier=32, height_classifier=48,
                     width_classifier=64, batch_classifier=16, name_classifier="app test")
     [run_dir] = list(runs_dir.iterdir())

@@ -1,5 +1,7 @@
 """End to end in a real browser: `streamlit run`, Chromium (Debian's, driven by Playwright), an
-uploaded full-size photo, the diagnosis and both overlays on screen, and a screenshot to look at.
+uploaded full-size photo, the diagnosis and both overlays on screen, one click on an example, the
+explorer's images for a clicked cell, and screenshots to look at. The server runs as in a fresh
+clone: the full HAM10000 is hidden, so the images come from the test split shipped in the repo.
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def app_url(tiny_weights, tmp_path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def app_url(tiny_weights, tmp_path_factory) -> Iterator[str]:
     """A real `streamlit run` on a free local port; always terminated, with its whole process group."""
+    tmp_path = tmp_path_factory.mktemp("browser")
+    (tmp_path / "no-dataset").mkdir()
     port = free_port()
     log = tmp_path / "streamlit.log"
-    env = {**os.environ, "DERM_WEIGHTS": str(tiny_weights), "DERM_RUNS": str(tmp_path / "runs")}
+    env = {**os.environ, "DERM_WEIGHTS": str(tiny_weights), "DERM_RUNS": str(tmp_path / "runs"),
+           "DERM_DATA": str(tmp_path / "no-dataset")}
     with open(log, "w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.headless", "true",
@@ -102,3 +107,86 @@ def test_upload_in_a_real_browser_shows_the_diagnosis_and_overlays(app_url, orig
         finally:
             browser.close()
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def wait_for_loaded_images(page, at_least: int) -> None:
+    """Streamlit images are on screen and decoded (not placeholders or broken links)."""
+    page.wait_for_function("""(n) => {
+        const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+        return imgs.length >= n && imgs.every(img => img.complete && img.naturalWidth > 0);
+    }""", arg=at_least, timeout=WAIT_MS)
+
+
+def test_the_first_example_gives_a_result_in_a_real_browser(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    from derm.catalog import EXAMPLES
+    from derm.classes import CLASSES, FULL_NAMES
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "diagnose-example.png"
+    screenshot.unlink(missing_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(app_url)
+            page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
+            expect(page.get_by_test_id("stSidebar").get_by_text("test split shipped with derm")).to_be_visible()
+            wait_for_loaded_images(page, len(CLASSES))  # the examples row
+            page.get_by_test_id("stButton").get_by_role("button", name="Analyse", exact=True).first.click()
+            page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
+            first = EXAMPLES[CLASSES[0]]
+            expect(page.get_by_text(f"HAM10000 ground truth for {first}")).to_be_visible(timeout=WAIT_MS)
+            expect(page.get_by_text(f"{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})").first).to_be_visible()
+            expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
+            wait_for_loaded_images(page, len(CLASSES) + 2)  # and Grad-CAM and the outline
+            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def test_the_explorer_shows_a_clicked_cells_images_in_a_real_browser(app_url, tiny_weights):
+    from playwright.sync_api import expect, sync_playwright
+
+    from derm import explorer
+
+    frame = explorer.load_predictions(tiny_weights)
+    cells = explorer.confusion_cells(frame, "ensemble")
+    busiest = int(cells["count"].to_numpy().argmax())  # markers are drawn in the order of these cells
+    expected = min(int(cells["count"].iloc[busiest]), 12)
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "explorer.png"
+    screenshot.unlink(missing_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(f"{app_url}/explorer")
+            page.get_by_role("heading", name="Test-set explorer").wait_for(timeout=WAIT_MS)
+            markers = page.locator(".scatterlayer .trace .points path")
+            markers.nth(busiest).wait_for(timeout=WAIT_MS)
+            markers.nth(busiest).click(force=True)
+            true, pred = cells["true"].iloc[busiest], cells["pred"].iloc[busiest]
+            page.get_by_text(f"test images of {explorer_name(true)}").wait_for(timeout=WAIT_MS)
+            wait_for_loaded_images(page, expected)
+            # Streamlit buttons only: each selectbox has an "Open" button of its own
+            opens = page.get_by_test_id("stButton").get_by_role("button", name="Open", exact=True)
+            expect(opens).to_have_count(expected)
+            opens.first.click()
+            expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
+            wait_for_loaded_images(page, expected + 2)
+            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+            assert pred in page.get_by_test_id("stMarkdown").filter(has_text="test images of").first.inner_text()
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def explorer_name(label: str) -> str:
+    from derm.classes import FULL_NAMES
+
+    return f"{FULL_NAMES[label]} ({label})"

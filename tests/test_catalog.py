@@ -1,7 +1,10 @@
+import shutil
+
 import numpy as np
 import pytest
 
 from derm import catalog, data
+from derm.classes import CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +18,9 @@ def test_ids_as_people_type_them(text):
 
 
 def test_find_image_known_and_unknown(table):
-    row = catalog.find_image(table, "isic_0024306")
-    assert row["image_id"] == "ISIC_0024306" and row["label"] in set(table["label"])
-    for unknown in ("ISIC_9999999", "hello", "", "ISIC_0024306; rm"):
+    row = catalog.find_image(table, "isic_0024702")
+    assert row["image_id"] == "ISIC_0024702" and row["label"] in set(table["label"])
+    for unknown in ("ISIC_9999999", "hello", "", "ISIC_0024702; rm"):
         assert catalog.find_image(table, unknown) is None
 
 
@@ -30,9 +33,28 @@ def test_random_image_of_a_class(table):
         catalog.random_image_id(table.iloc[:0], "DF")
 
 
-def test_image_path_prefers_the_full_size_original(table, data_dir):
-    original_id = sorted(p.stem for p in (data_dir / "originals").glob("*.jpg"))[0]
-    with_original = catalog.find_image(table, original_id)
-    assert catalog.image_path(with_original) == data_dir / "originals" / f"{original_id}.jpg"
-    small_only = table[~table["image_id"].isin({p.stem for p in (data_dir / "originals").glob("*.jpg")})].iloc[0]
-    assert catalog.image_path(small_only) == data_dir / "images" / f"{small_only['image_id']}.jpg"
+def test_image_path_prefers_the_full_size_original(table, data_dir, tmp_path):
+    shutil.copytree(data_dir, tmp_path / "ham", ignore=shutil.ignore_patterns("masks"))
+    (tmp_path / "ham" / "originals").mkdir()
+    original_id, small_id = table["image_id"].iloc[0], table["image_id"].iloc[1]
+    shutil.copyfile(data_dir / "images" / f"{original_id}.jpg", tmp_path / "ham" / "originals" / f"{original_id}.jpg")
+    copied = data.load_table(tmp_path / "ham")
+    with_original = catalog.find_image(copied, original_id)
+    assert catalog.image_path(with_original) == tmp_path / "ham" / "originals" / f"{original_id}.jpg"
+    assert catalog.image_path(catalog.find_image(copied, small_id)) == tmp_path / "ham" / "images" / f"{small_id}.jpg"
+
+
+def test_examples_are_one_test_image_per_class_with_that_label(table):
+    rows = catalog.examples(table)
+    assert list(rows["label"]) == list(CLASSES) and list(rows["image_id"]) == [catalog.EXAMPLES[c] for c in CLASSES]
+    assert all(catalog.split_of(i, data.REPO_ROOT / "weights" / "split.csv") == "test" for i in rows["image_id"])
+    assert catalog.EXAMPLE_ID in set(rows["image_id"])
+    assert catalog.examples(table[table["label"] != "DF"])["label"].tolist() == [c for c in CLASSES if c != "DF"]
+
+
+def test_split_of_reads_a_split_file(tmp_path):
+    split = tmp_path / "split.csv"
+    split.write_text("image_id,split\nISIC_0000001,train\nISIC_0000002,test\n")
+    found = [catalog.split_of(i, split) for i in ("ISIC_0000001", "ISIC_0000002", "ISIC_0000003")]
+    assert found == ["train", "test", None]
+    assert catalog.split_of("ISIC_0000001", tmp_path / "missing.csv") is None

@@ -1,6 +1,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -11,9 +12,9 @@ from derm.classes import CLASSES
 from conftest import REPO
 
 
-def run_cli(*args, env_weights=None):
+def run_cli(*args, env: dict | None = None):
     return subprocess.run([sys.executable, "-m", "derm", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_predict_prints_probabilities_and_reports_a_corrupt_file(tiny_weights, original_image, tmp_path):
@@ -75,10 +76,11 @@ def test_train_refuses_shipped_weights_of_another_architecture_in_one_line(tiny_
     assert "arch='resnet50'" in result.stderr
 
 
-def test_export_val_only_never_scores_the_test_split(tiny_weights, tmp_path):
+def test_export_val_only_never_scores_the_test_split(tiny_weights, tmp_path, data_dir):
     out = tmp_path / "candidate"
     done = run_cli("export", "--val-only", "--resnet18", tiny_weights / "resnet18.safetensors",
-                   "--resnet50", tiny_weights / "resnet50.safetensors", "--out", out, "--limit", "32")
+                   "--resnet50", tiny_weights / "resnet50.safetensors", "--out", out, "--limit", "32",
+                   env={"DERM_DATA": str(data_dir)})  # shipped weights name no data folder: the default one is used
     assert done.returncode == 0, done.stderr
     assert "val   ensemble" in done.stdout and "test" not in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())

@@ -68,7 +68,7 @@ def test_a_warm_started_model_records_the_whole_training_chain(tiny_runs, tmp_pa
     source_config = json.loads((source / "config.json").read_text())
     config = TrainConfig.for_task("segmenter", epochs=1, limit=32, batch_size=16, unet_width=8, init=str(source),
                                   height=source_config["height"], width=source_config["width"],
-                                  split=source_config["split"])
+                                  data=source_config["data"], split=source_config["split"])
     warm = train(config, tmp_path / "warm", progress=False)
     record = training_record(warm, load_checkpoint_model(warm)[1])
     seconds = [sum(m["seconds"] for m in runs.read_metrics(r)) for r in (source, warm)]
@@ -91,7 +91,8 @@ def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(
     source_config = json.loads((source / "config.json").read_text())
     config = TrainConfig.for_task("segmenter", epochs=1, limit=32, batch_size=16, unet_width=8, lr=1e-6,
                                   init=str(tiny_weights / "unet.safetensors"), height=source_config["height"],
-                                  width=source_config["width"], split=source_config["split"])
+                                  width=source_config["width"], data=source_config["data"],
+                                  split=source_config["split"])
     warm = train(config, tmp_path / "warm", progress=False)
     model, warm_config = load_checkpoint_model(warm)
     shipped = load_file(str(tiny_weights / "unet.safetensors"))
@@ -103,8 +104,10 @@ def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(
     assert record["command"].endswith(f"--init runs/{source.name}")  # the run the shipped file was exported from
 
 
-def test_export_from_shipped_weights_reproduces_them(tiny_weights, tmp_path):
+def test_export_from_shipped_weights_reproduces_them(tiny_weights, tmp_path, data_dir, monkeypatch):
     from derm.export import export
+
+    monkeypatch.setenv("DERM_DATA", str(data_dir))  # shipped weights name no data folder: the default one is used
 
     out = tmp_path / "again"
     metrics = export({"resnet18": tiny_weights / "resnet18.safetensors", "resnet50": tiny_weights / "resnet50.safetensors"},

@@ -48,11 +48,11 @@ def test_pack_and_unpack_give_back_the_runs(tmp_path, tiny_runs, monkeypatch):
         assert runs.read_metrics(copy) == runs.read_metrics(source)
 
 
-def test_probe_reads_the_speed_of_the_second_epoch(tmp_path, data_dir):
+def test_probe_reads_the_speed_of_the_second_epoch(tmp_path, data_dir, fixture_split):
     split = tmp_path / "split.csv"
-    split.write_bytes((REPO / "weights" / "split.csv").read_bytes())
+    split.write_bytes(fixture_split.read_bytes())
     config = TrainConfig.for_task("classifier", "resnet18", limit=64, height=48, width=64, batch_size=16,
-                                  split=str(split))
+                                  data=str(data_dir), split=str(split))
     speed = gpu_train.probe_speed(config, tmp_path / "runs", images=32)
     records = runs.read_metrics(tmp_path / "runs" / "probe-resnet18")
     assert len(records) == 2 and speed == records[-1]["images_per_s"] > 0

@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import os
+import time
 
 import pytest
 
@@ -95,3 +97,20 @@ def test_a_run_still_starting_up_counts_as_busy(tmp_path):
     with pytest.raises(runs.RunBusyError):
         runs.launch(["classifier"], "second", root=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [starting.name]
+
+
+def test_a_launched_run_shows_its_config_and_one_state_at_once(tmp_path, data_dir, fixture_split):
+    """The runs table right after launch: what it trains and "running", as its progress says."""
+    config = TrainConfig.for_task("classifier", "resnet18", epochs=1, limit=16, height=48, width=64, batch_size=8,
+                                  data=str(data_dir), split=str(fixture_split))
+    run_dir = runs.launch(config.cli_args(), "fresh", root=tmp_path, config=dataclasses.asdict(config))
+    try:
+        row = jobs.runs_table(runs.list_runs(tmp_path)).set_index("run").loc[run_dir.name]
+        assert (row["task"], row["arch"], row["input"], row["epoch"]) == ("classifier", "resnet18", "48x64", "0/1")
+        assert row["state"] == runs.read_status(run_dir)["state"] == "running"
+    finally:
+        runs.stop(run_dir)
+        deadline = time.monotonic() + 120
+        while runs.pid_alive(runs.read_json(run_dir / "status.json").get("pid")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert not runs.pid_alive(runs.read_json(run_dir / "status.json").get("pid"))

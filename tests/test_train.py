@@ -14,18 +14,20 @@ from derm.evaluate import evaluate_run
 from derm.train import StopFlag, TrainConfig, epoch_indices, train
 
 from conftest import REPO
+from derm.data import TEST_SUBSET_DIR
 
 
 def small_config(split, **overrides):
-    base = dict(epochs=1, limit=200, height=48, width=64, batch_size=32, split=str(split))
+    """A tiny run on the shipped images, with their own split (see conftest.fixture_split)."""
+    base = dict(epochs=1, limit=200, height=48, width=64, batch_size=32, data=str(TEST_SUBSET_DIR), split=str(split))
     base.update(overrides)
     return TrainConfig.for_task("classifier", "resnet18", **base)
 
 
 @pytest.fixture()
-def split_file(tmp_path):
+def split_file(tmp_path, fixture_split):
     target = tmp_path / "split.csv"
-    target.write_bytes((REPO / "weights" / "split.csv").read_bytes())
+    target.write_bytes(fixture_split.read_bytes())
     return target
 
 
@@ -84,7 +86,7 @@ def test_init_warm_starts_from_a_finished_run_with_a_fresh_schedule(tmp_path, sp
 def test_init_from_another_architecture_is_refused(tmp_path, split_file, data_dir):
     source = train(small_config(split_file, limit=64), tmp_path / "source", progress=False)
     config = TrainConfig.for_task("classifier", "resnet50", epochs=1, limit=64, height=48, width=64,
-                                  split=str(split_file), init=str(source))
+                                  data=str(data_dir), split=str(split_file), init=str(source))
     with pytest.raises(ValueError, match="arch"):
         train(config, tmp_path / "bad", progress=False)
     assert runs.read_status(tmp_path / "bad")["state"] == "failed"
@@ -93,7 +95,8 @@ def test_init_from_another_architecture_is_refused(tmp_path, split_file, data_di
 def test_sigterm_stops_cleanly_and_keeps_the_checkpoint(tmp_path, split_file, data_dir):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "derm", "train", "classifier", "--epochs", "50", "--limit", "64", "--height", "48",
-           "--width", "64", "--batch-size", "16", "--split", str(split_file), "--run-dir", str(run_dir)]
+           "--width", "64", "--batch-size", "16", "--data", str(data_dir), "--split", str(split_file),
+           "--run-dir", str(run_dir)]
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180

@@ -1,0 +1,233 @@
+"""The domain gate: is this a dermatoscopic image of a skin lesion, the only kind the models know?
+
+A photo taken without a dermatoscope, a screenshot or a blank frame still gets a confident answer
+from a classifier; trusted tools check the input first and refuse politely. The gate reads two
+kinds of evidence from one image:
+
+- deep features: the shipped ResNet18's pooled layer2-4 activations (mean and spread), compared with
+  those of dermatoscopic images (a Mahalanobis distance in a PCA space of them), and
+- plain image statistics (flat areas, colour count, edges, saturation, vignette),
+
+and a logistic regression over both, fitted against images the models were not made for
+(clinical photos, everyday photos, screenshots and drawings, synthetic frames; `derm.gate_fit`).
+An image is in domain when its dermatoscopic probability clears a threshold and its distance stays
+below one; both thresholds are chosen on validation images (`derm.gate_fit`). The reason shown to
+the user is the non-dermatoscopic kind the regression finds most likely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+GATE_JSON, GATE_TENSORS = "gate.json", "gate.safetensors"
+FEATURE_MODEL = "resnet18"
+
+# what the regression tells apart; index 0 is the only accepted kind
+KINDS = ("dermoscopic", "clinical", "photo", "screen", "blank")
+REASONS = {
+    "clinical": "This looks like an ordinary close-up photo of skin, taken without a dermatoscope; the models "
+                "only know dermatoscopic images (magnified, lit through a contact lens).",
+    "photo": "This looks like an ordinary photo, not a dermatoscopic image of a skin lesion.",
+    "screen": "This looks like a screenshot, a drawing or text, not a photo of a skin lesion.",
+    "blank": "There is no skin lesion in view: the image is blank, flat, noise or a plain pattern.",
+    "grey": "This is a black-and-white image; dermatoscopic images are colour photos of a skin lesion.",
+    "distance": "This image is unlike the dermatoscopic images the models were trained on.",
+}
+# mean (max - min) over the colour channels below which an image is greyscale: dermatoscopic
+# images of HAM10000, isic2018_task1 and derm7pt all lie above 0.02
+GREY_SPREAD = 0.01
+STAT_NAMES = ("flat_share", "colour_count", "edge_share", "laplacian_mean", "saturation_mean",
+              "saturation_std", "value_mean", "value_std", "a_mean", "b_mean", "a_std", "b_std",
+              "channel_spread", "corner_darkness", "centre_contrast")
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def image_statistics(rgb: np.ndarray) -> np.ndarray:
+    """Fifteen cheap numbers that separate camera pixels of skin from screens and synthetic frames.
+
+    Computed on the classifier's 150x200 input, so every image is judged at one scale.
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    laplacian = np.abs(cv2.Laplacian(grey, cv2.CV_32F))
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32) / 255.0
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32) / 255.0
+    quantised = (rgb >> 3).astype(np.int32)
+    codes = (quantised[..., 0] << 10) | (quantised[..., 1] << 5) | quantised[..., 2]
+    height, width = grey.shape
+    ch, cw = height // 6, width // 6
+    corners = np.concatenate([grey[:ch, :cw].ravel(), grey[:ch, -cw:].ravel(),
+                              grey[-ch:, :cw].ravel(), grey[-ch:, -cw:].ravel()]).astype(np.float32)
+    centre = grey[height // 4: 3 * height // 4, width // 4: 3 * width // 4].astype(np.float32)
+    return np.array([
+        float((laplacian == 0).mean()),
+        np.unique(codes).size / codes.size,
+        float((cv2.Canny(grey, 80, 160) > 0).mean()),
+        float(laplacian.mean()) / 255.0,
+        float(hsv[..., 1].mean()), float(hsv[..., 1].std()),
+        float(hsv[..., 2].mean()), float(hsv[..., 2].std()),
+        float(lab[..., 1].mean()), float(lab[..., 2].mean()),
+        float(lab[..., 1].std()), float(lab[..., 2].std()),
+        float((rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)).mean()) / 255.0,
+        float(centre.mean() - corners.mean()) / 255.0,
+        float(centre.std()) / 255.0,
+    ], dtype=np.float32)
+
+
+def pooled_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Mean and standard deviation over positions of layer2, layer3 and layer4 of a torchvision ResNet
+    (N x 1792 for ResNet18): what the classifier 'sees' before the class decision throws the rest
+    away. The standard deviations describe texture (style), which tells a dermatoscope's view from
+    a camera's better than the means alone did on validation (docs/tried.md)."""
+    x = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
+    pooled = []
+    for layer in (model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+        pooled += [x.float().mean((2, 3)), x.float().std((2, 3))]
+    return torch.cat(pooled, 1).numpy()
+
+
+# ----------------------------------------------------------------------------- the fitted gate
+
+
+@dataclass
+class GateParams:
+    """Everything fitted: PCA + Mahalanobis on deep features, a standardised logistic regression,
+    the two thresholds, and the hash of the classifier whose features it reads."""
+
+    feature_sha256: str
+    pca_mean: np.ndarray          # D
+    pca_components: np.ndarray    # K x D
+    maha_precision: np.ndarray    # K x K (in PCA space, around the dermatoscopic mean)
+    maha_centre: np.ndarray       # K
+    scale_mean: np.ndarray        # F (regression inputs: D deep features, log distance, statistics)
+    scale_std: np.ndarray         # F
+    coef: np.ndarray              # len(KINDS) x F
+    intercept: np.ndarray         # len(KINDS)
+    min_probability: float        # P(dermoscopic) below this is refused
+    max_distance: float           # Mahalanobis distance above this is refused
+    notes: dict = field(default_factory=dict)
+
+    ARRAYS = ("pca_mean", "pca_components", "maha_precision", "maha_centre", "scale_mean", "scale_std",
+              "coef", "intercept")
+
+    def save(self, weights_dir: Path) -> None:
+        weights_dir = Path(weights_dir)
+        save_file({k: np.ascontiguousarray(getattr(self, k), dtype=np.float32) for k in self.ARRAYS},
+                  str(weights_dir / GATE_TENSORS))
+        meta = {k: v for k, v in asdict(self).items() if k not in self.ARRAYS}
+        (weights_dir / GATE_JSON).write_text(json.dumps({"kinds": list(KINDS), **meta}, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, weights_dir: Path) -> "GateParams":
+        weights_dir = Path(weights_dir)
+        meta = json.loads((weights_dir / GATE_JSON).read_text())
+        if list(meta.pop("kinds")) != list(KINDS):
+            raise ValueError(f"{weights_dir / GATE_JSON}: its kinds are not {KINDS}; refit the gate")
+        arrays = load_file(str(weights_dir / GATE_TENSORS))
+        return cls(**meta, **{k: arrays[k].astype(np.float64) for k in cls.ARRAYS})
+
+
+@dataclass
+class GateDecision:
+    """One image's verdict: accepted or not, the dermatoscopic probability, distance and a reason."""
+
+    in_domain: bool
+    probability: float
+    distance: float
+    kind: str
+    reason: str | None
+
+    def message(self) -> str | None:
+        return None if self.in_domain else self.reason
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def mahalanobis(params: GateParams, deep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(PCA scores N x K, distance N) of deep features from the dermatoscopic training images."""
+    scores = (deep - params.pca_mean) @ params.pca_components.T
+    centred = scores - params.maha_centre
+    distance = np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", centred, params.maha_precision, centred), 0))
+    return scores, distance
+
+
+def regression_inputs(deep: np.ndarray, distance: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    return np.concatenate([deep, np.log1p(distance)[:, None], stats], axis=1)
+
+
+def kind_probabilities(params: GateParams, inputs: np.ndarray) -> np.ndarray:
+    z = (inputs - params.scale_mean) / params.scale_std
+    logits = z @ params.coef.T + params.intercept
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray) -> list[GateDecision]:
+    """The gate's verdicts for N images from their deep features and image statistics."""
+    _, distance = mahalanobis(params, deep)
+    probs = kind_probabilities(params, regression_inputs(deep, distance, stats))
+    grey = stats[:, STAT_NAMES.index("channel_spread")] < GREY_SPREAD
+    out = []
+    for p, d, is_grey in zip(probs, distance, grey):
+        unlikely, far = p[0] < params.min_probability, d > params.max_distance
+        kind = KINDS[1 + int(np.argmax(p[1:]))] if (unlikely or far) else ("grey" if is_grey else KINDS[0])
+        if unlikely:
+            reason = REASONS[kind]
+        elif is_grey:
+            kind, reason = "grey", REASONS["grey"]
+        else:
+            reason = REASONS["distance"] if far else None
+        out.append(GateDecision(reason is None, float(p[0]), float(d), kind, reason))
+    return out
+
+
+class DomainGate:
+    """The fitted gate bound to the classifier whose features it reads."""
+
+    def __init__(self, params: GateParams | None, model: nn.Module, to_tensor, bf16: bool = False):
+        self.params = params
+        self.model = model
+        self.to_tensor = to_tensor  # list of RGB images -> the classifier's normalised input batch
+        self.bf16 = bf16
+
+    @torch.no_grad()
+    def features(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(deep N x D, statistics N x 15); `inputs` are the images at the classifier's input size."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            deep = pooled_activations(self.model, self.to_tensor(images))
+        return deep.astype(np.float64), np.stack([image_statistics(im) for im in inputs]).astype(np.float64)
+
+    def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
+        deep, stats = self.features(images, inputs)
+        return decide(self.params, deep, stats)
+
+
+def has_gate(weights_dir: Path) -> bool:
+    return (Path(weights_dir) / GATE_JSON).is_file() and (Path(weights_dir) / GATE_TENSORS).is_file()
+
+
+def load_params_for(weights_dir: Path, feature_file: Path) -> GateParams:
+    """The gate of a weights folder, refused when the classifier it reads has changed since fitting."""
+    params = GateParams.load(weights_dir)
+    if params.feature_sha256 != file_sha256(feature_file):
+        raise ValueError(f"{weights_dir / GATE_JSON} was fitted on another {feature_file.name}; "
+                         "refit it: python -m derm fit-gate")
+    return params
