@@ -280,7 +280,7 @@ def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config:
 
 
 def check_sets(predictor: Predictor, names: list[str], folders: list[str], sources: GateSources = GateSources(),
-               config: GateFitConfig = GateFitConfig()) -> list[dict]:
+               config: GateFitConfig = GateFitConfig(), batch_size: int = 16) -> list[dict]:
     """Per set or folder: images, share refused, and the reasons, through the app's own gate."""
     if predictor.gate is None:
         raise ValueError(f"{predictor.weights_dir} has no domain gate (gate.json); fit one: python -m derm fit-gate")
@@ -292,9 +292,9 @@ def check_sets(predictor: Predictor, names: list[str], folders: list[str], sourc
     targets += [(str(f), folder_paths(Path(f))) for f in folders]
     for name, items in targets:
         decisions = []
-        for item in tqdm(items, desc=name, unit="img", leave=False):
-            rgb = read_rgb(item) if isinstance(item, (str, Path)) else item
-            decisions += predictor.check_domain([rgb])
+        for start in tqdm(range(0, len(items), batch_size), desc=name, unit="batch", leave=False):
+            batch = [read_rgb(i) if isinstance(i, (str, Path)) else i for i in items[start:start + batch_size]]
+            decisions += predictor.check_domain(batch)
         reasons = pd.Series([d.kind for d in decisions if not d.in_domain], dtype=str).value_counts().to_dict()
         expected = "accept" if name in SHOULD_ACCEPT else ("refuse" if name in SHOULD_REFUSE else "")
         rows.append({"set": name, "images": len(decisions), "expected": expected,
