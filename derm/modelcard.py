@@ -138,6 +138,8 @@ GATE_SETS = {
     "skimage": "scikit-image's sample images (never used by the gate)",
     "drawn_screens": "drawn pages: text, tables, charts, image grids (a seed not used in fitting)",
     "drawn_blank": "drawn blank frames: flat colours, noise, gradients, patterns (a seed not used in fitting)",
+    "/tmp/screens_chromium": "real pages rendered by Chromium: 112 HTML documentation pages found on the "
+                             "development machine and 5 of this app's pages (`python scripts/screenshot_pages.py`)",
 }
 
 

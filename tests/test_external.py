@@ -90,19 +90,26 @@ def test_evaluate_set_matches_the_app_on_each_image(tiny_weights, labelled_folde
         pytest.approx([row[f"ensemble_{c}"] for c in CLASSES], abs=2e-4)
 
 
-def test_evaluate_set_scores_masks_at_their_own_size_with_and_without_cleaning(tiny_weights, data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def mask_folder(tmp_path_factory, data_dir):
+    """Five real images and masks squashed to 256x256 like isic2018_task1's copies, and one image without a mask."""
+    folder = tmp_path_factory.mktemp("masks")
     ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:5]
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    for image_id in ids:  # squashed to 256x256 like isic2018_task1's copies
+    (folder / "images").mkdir()
+    (folder / "masks").mkdir()
+    for image_id in ids:
         image = cv2.imread(str(data_dir / "images" / f"{image_id}.jpg"))
         mask = cv2.imread(str(data_dir / "masks" / f"{image_id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(tmp_path / "images" / f"{image_id}.jpg"), cv2.resize(image, (256, 256)))
-        cv2.imwrite(str(tmp_path / "masks" / f"{image_id}_segmentation.png"),
+        cv2.imwrite(str(folder / "images" / f"{image_id}.jpg"), cv2.resize(image, (256, 256)))
+        cv2.imwrite(str(folder / "masks" / f"{image_id}_segmentation.png"),
                     cv2.resize(mask, (256, 256), interpolation=cv2.INTER_NEAREST))
-    shutil.copyfile(data_dir / "images" / f"{ids[0]}.jpg", tmp_path / "images" / "no_mask.jpg")
+    shutil.copyfile(data_dir / "images" / f"{ids[0]}.jpg", folder / "images" / "no_mask.jpg")
+    return folder
+
+
+def test_evaluate_set_scores_masks_at_their_own_size_with_and_without_cleaning(tiny_weights, mask_folder, tmp_path):
     out = tmp_path / "seg.json"
-    code = main(["evaluate-set", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+    code = main(["evaluate-set", "--images", str(mask_folder / "images"), "--masks", str(mask_folder / "masks"),
                  "--weights", str(tiny_weights), "--out", str(out), "--predictions", str(tmp_path / "seg.csv")])
     assert code == 1  # one image had no mask: said, not silently dropped
     seg = json.loads(out.read_text())["segmentation"]
@@ -125,3 +132,27 @@ def test_evaluate_set_refuses_labels_it_cannot_use(tiny_weights, labelled_folder
     no_dx.write_text("image_id\ncase0000\n")
     assert main(["evaluate-set", "--images", str(labelled_folder / "images"), "--labels", str(no_dx),
                  "--weights", str(tiny_weights)]) == 2
+
+
+def test_model_card_shows_other_sources_from_external_json(tiny_weights, labelled_folder, mask_folder, tmp_path):
+    from derm.modelcard import render
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    main(["evaluate-set", "--images", str(labelled_folder / "images"), "--labels", str(labelled_folder / "labels.csv"),
+          "--weights", str(weights), "--out", str(weights / "external.json"), "--name", "derm7pt"])
+    assert "## Images from other sources" not in render(tiny_weights)  # no external.json: no section
+    card = render(weights)
+    entry = json.loads((weights / "external.json").read_text())["derm7pt"]
+    ens = entry["classification"]["models"]["ensemble"]
+    assert "## Images from other sources" in card and f"`{entry['command']}`" in card
+    assert f"| ensemble | 12 | {ens['accuracy']:.3f} | {ens['balanced_accuracy']:.3f} | {ens['macro_f1']:.3f} |" in card
+    main(["evaluate-set", "--images", str(mask_folder / "images"), "--masks", str(mask_folder / "masks"),
+          "--weights", str(weights), "--out", str(weights / "external.json"), "--name", "isic2018_task1_test"])
+    card = render(weights)
+    seg = json.loads((weights / "external.json").read_text())["isic2018_task1_test"]["segmentation"]
+    assert f"| thresholded, no cleaning | 5 | {seg['raw']['dice']:.3f} |" in card
+    assert f"| cleaned: {seg['cleaning_rule']} | 5 | {seg['cleaned']['dice']:.3f} |" in card
+    assert f"ensemble | 12 | {ens['accuracy']:.3f}" in card  # the first set is still there
+    verdict = "yes" if ens["balanced_accuracy"] >= 0.50 else "no"
+    assert f"| derm7pt | ensemble balanced accuracy | ≥ 0.50 | {ens['balanced_accuracy']:.3f} | {verdict} |" in card
