@@ -393,7 +393,7 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
     if predictor is None:
         return 2
     given = (("--images", args.images), ("--labels", args.labels), ("--split", args.split), ("--masks", args.masks),
-             ("--weights", args.weights), ("--limit", args.limit or None))
+             ("--weights", args.weights), ("--limit", args.limit or None), ("--out", args.out), ("--name", args.name))
     command = "python -m derm evaluate-set " + " ".join(f"{k} {shlex.quote(str(v))}" for k, v in given if v is not None)
     report: dict = {"images": str(args.images), "labels": args.labels, "masks": args.masks, "split": args.split,
                     "command": command, "code_version": predictor.manifest.get("code_version")}

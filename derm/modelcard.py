@@ -213,6 +213,11 @@ def external_section(weights_dir: Path) -> list[str]:
                              f"{_f(rep['macro_f1'])} | {_f(rep['macro_auc'])} | {_f(rep['melanoma_auc'])} | " +
                              " | ".join(_f(rep["recall"].get(c)) for c in present) + " |")
             lines.append("")
+            renormalised = models.get("ensemble", {}).get("macro_auc_renormalised")
+            if renormalised is not None:
+                lines += ["Macro AUC is the mean one-vs-rest AUC of each present class's score among all 7 (as for "
+                          "HAM10000 above); with the scores renormalised over the classes present (scikit-learn's "
+                          f"`roc_auc_score(multi_class='ovr')`) the ensemble's is {renormalised:.3f}.", ""]
         seg = entry.get("segmentation")
         if seg:
             lines += ["| U-Net mask | images | Dice | IoU | median Dice | thresholded Jaccard | IoU < 0.65 | "
