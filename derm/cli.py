@@ -26,6 +26,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--unet-width", type=int)
+    p.add_argument("--extra-masks", help="segmenter: also train (and validate) on this folder in "
+                   "isic2018_task1's layout, e.g. ../shared/isic2018_task1")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="use at most N images per split (quick checks)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -53,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, height=args.height, width=args.width, sampling=args.sampling,
             augment=args.augment, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
             precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
+            extra_masks=args.extra_masks,
             limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init)
         try:
             config.validate()

@@ -209,6 +209,16 @@ def decode_mask(path: str | Path, size_hw: tuple[int, int]) -> np.ndarray:
     return (mask >= 128).astype(np.uint8)
 
 
+def mask_set_pairs(root: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Image and mask paths of one split of a folder in isic2018_task1's layout (images/<id>.jpg,
+    masks/<id>_segmentation.png, split.csv with image_id,split): a second source of lesion masks."""
+    root = Path(root)
+    table = pd.read_csv(root / "split.csv")
+    ids = table.loc[table["split"] == split, "image_id"]
+    return ([str(root / "images" / f"{i}.jpg") for i in ids],
+            [str(root / "masks" / f"{i}_segmentation.png") for i in ids])
+
+
 def _cache_key(paths: list[str], size_hw: tuple[int, int], kind: str) -> str:
     """Changes when the files, their sizes/mtimes or the resolution change."""
     digest = hashlib.sha1(f"{kind}:{size_hw}".encode())

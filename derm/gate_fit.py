@@ -77,8 +77,7 @@ def ham_paths(split: str, data_dir: str | Path | None = None) -> list[str]:
 
 
 def isic_paths(root: Path, split: str) -> list[str]:
-    table = pd.read_csv(root / "split.csv")
-    return [str(root / "images" / f"{i}.jpg") for i in table.loc[table["split"] == split, "image_id"]]
+    return data.mask_set_pairs(root, split)[0]
 
 
 def folder_paths(folder: Path, share: str | None = None, config: GateFitConfig = GateFitConfig()) -> list[str]:

@@ -29,9 +29,10 @@ from derm.metrics import batch_dice_iou, classification_report, selection_score
 from derm.models import CLASSIFIER_ARCHS, build_model
 
 SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
+SEGMENTER_SOURCES = ("ham10000", "extra")  # the segmenter's label: where an image and its mask come from
 # TrainConfig fields that `python -m derm train` takes as --flag value: the recipe, then where it runs
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-                 "epoch_samples", "label_smoothing", "unet_width", "seed", "init")
+                 "epoch_samples", "label_smoothing", "unet_width", "extra_masks", "seed", "init")
 CLI_FIELDS = (*RECIPE_FIELDS, "limit", "threads", "data", "split")
 
 
@@ -58,6 +59,7 @@ class TrainConfig:
     split: str = field(default_factory=default_split)  # $DERM_SPLIT or weights/split.csv
     limit: int = 0  # if > 0, use at most this many images per split (quick tests)
     threads: int = 0  # 0 = all cores
+    extra_masks: str | None = None  # segmenter: a folder in isic2018_task1's layout whose train/val join HAM's
     init: str | None = None  # warm start: a run folder (its best.pt), a checkpoint or a shipped .safetensors
     normalization: dict = field(default_factory=dict)  # filled from the train split at start
 
@@ -115,6 +117,10 @@ class TrainConfig:
             problems.append("precision must be bf16 or fp32")
         if not 4 <= self.unet_width <= 128:
             problems.append("U-Net width must be between 4 and 128")
+        if self.extra_masks and self.task != "segmenter":
+            problems.append("extra masks are for the segmenter")
+        elif self.extra_masks and not (Path(self.extra_masks) / "split.csv").is_file():
+            problems.append(f"extra masks: no split.csv in {self.extra_masks}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -175,7 +181,11 @@ class SplitData:
 
 
 def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normalization]:
-    """The train and val splits decoded from the cache, and normalisation from the train split."""
+    """The train and val splits decoded from the cache, and normalisation from the train split.
+
+    For the segmenter, labels hold each image's source (0 = HAM10000, 1 = `extra_masks`), so
+    `--sampling balanced` draws both sources equally and validation scores each source on its own.
+    """
     table = data.ensure_split(data.load_table(config.data), data.REPO_ROOT / config.split
                               if not Path(config.split).is_absolute() else config.split, seed=config.seed)
     size = (config.height, config.width)
@@ -185,11 +195,33 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normali
         if config.limit:
             part = part.sample(n=min(config.limit, len(part)), random_state=config.seed).sort_values("image_id")
         images = data.cached_array(list(part["image_path"]), size, "image")
-        masks = data.cached_array(list(part["mask_path"]), size, "mask") if config.task == "segmenter" else None
-        out[name] = SplitData(torch.from_numpy(np.array(images)), torch.tensor(part["label_idx"].values),
-                              torch.from_numpy(np.array(masks)) if masks is not None else None,
-                              list(part["image_id"]))
+        if config.task == "classifier":
+            out[name] = SplitData(torch.from_numpy(np.array(images)), torch.tensor(part["label_idx"].values),
+                                  None, list(part["image_id"]))
+            continue
+        masks = data.cached_array(list(part["mask_path"]), size, "mask")
+        out[name] = SplitData(torch.from_numpy(np.array(images)), torch.zeros(len(part), dtype=torch.int64),
+                              torch.from_numpy(np.array(masks)), list(part["image_id"]))
+        if config.extra_masks:
+            out[name] = concat_splits(out[name], extra_mask_split(config, name))
     return out, data.channel_stats(out["train"].images.numpy())
+
+
+def extra_mask_split(config: TrainConfig, split: str) -> SplitData:
+    """One split of the second mask source, resized to the run's input (source label 1)."""
+    image_paths, mask_paths = data.mask_set_pairs(config.extra_masks, split)
+    if config.limit:
+        image_paths, mask_paths = image_paths[:config.limit], mask_paths[:config.limit]
+    size = (config.height, config.width)
+    images = data.cached_array(image_paths, size, "image")
+    masks = data.cached_array(mask_paths, size, "mask")
+    return SplitData(torch.from_numpy(np.array(images)), torch.ones(len(image_paths), dtype=torch.int64),
+                     torch.from_numpy(np.array(masks)), [Path(p).stem for p in image_paths])
+
+
+def concat_splits(a: SplitData, b: SplitData) -> SplitData:
+    return SplitData(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]),
+                     torch.cat([a.masks, b.masks]), a.image_ids + b.image_ids)
 
 
 def pixels_to(split: SplitData, device: torch.device) -> SplitData:
@@ -297,8 +329,12 @@ def validate(model: nn.Module, split: SplitData, config: TrainConfig, norm: data
         dice, iou = batch_dice_iou(probs >= 0.5, truth)
         eps = 1e-6
         bce = -(truth * np.log(probs + eps) + (1 - truth) * np.log(1 - probs + eps)).mean()
-        return {"val_loss": float(bce), "dice": float(dice.mean()), "iou": float(iou.mean()),
-                "score": float(dice.mean())}
+        record = {"val_loss": float(bce), "dice": float(dice.mean()), "iou": float(iou.mean())}
+        sources = split.labels.cpu().numpy()
+        per_source = [float(dice[sources == s].mean()) for s in np.unique(sources)]
+        if len(per_source) > 1:  # each source counts once in the selection score, whatever its size
+            record.update({f"dice_{SEGMENTER_SOURCES[s]}": d for s, d in zip(np.unique(sources), per_source)})
+        return {**record, "score": float(np.mean(per_source))}
     report = classification_report(split.labels.numpy(), probs)
     return {"val_loss": report["nll"], "accuracy": report["accuracy"],
             "balanced_accuracy": report["balanced_accuracy"], "macro_f1": report["macro_f1"],
