@@ -275,6 +275,7 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isic", help="isic2018_task1 folder (default ../shared/isic2018_task1)")
     p.add_argument("--derm7pt", help="derm7pt folder, for its clinical/ photos (default ../shared/derm7pt)")
     p.add_argument("--ham-train-limit", type=int, default=2000, help="HAM10000 train images used (0: all)")
+    p.add_argument("--no-net", action="store_true", help="regression only, without the device network")
     p.set_defaults(func=cmd_fit_gate)
 
 
@@ -288,17 +289,24 @@ def _gate_sources(args: argparse.Namespace):
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
-    from derm.gate_fit import fit_gate
+    from derm.gate_fit import GateFitConfig, fit_gate
+    from derm.gate_net import NET_FILE
+    from derm.weights import save_state_fp16
 
     predictor = _load_predictor(args.weights)
     if predictor is None:
         return 2
+    config = GateFitConfig(net=None) if args.no_net else GateFitConfig()
     try:
-        params, shares = fit_gate(predictor, _gate_sources(args), ham_train_limit=args.ham_train_limit)
+        params, net, shares = fit_gate(predictor, _gate_sources(args), config, ham_train_limit=args.ham_train_limit)
     except (DataNotFoundError, FileNotFoundError) as exc:
         print(f"derm: {exc}", file=sys.stderr)
         return 2
     params.save(Path(args.weights))
+    if net is not None:
+        save_state_fp16(net, Path(args.weights) / NET_FILE)
+    else:
+        (Path(args.weights) / NET_FILE).unlink(missing_ok=True)
     for name, share in shares.items():
         print(f"{name:16s} refused {share:6.1%}")
     print(f"wrote {Path(args.weights) / 'gate.json'} (min probability {params.min_probability:.4f}, "

@@ -10,9 +10,11 @@ kinds of evidence from one image:
 
 and a logistic regression over both, fitted against images the models were not made for
 (clinical photos, everyday photos, screenshots and drawings, synthetic frames; `derm.gate_fit`).
-An image is in domain when its dermatoscopic probability clears a threshold and its distance stays
-below one; both thresholds are chosen on validation images (`derm.gate_fit`). The reason shown to
-the user is the non-dermatoscopic kind the regression finds most likely.
+A small network trained for the one question "taken through a dermatoscope?" (`derm.gate_net`)
+adds a second probability, from the original image. An image is in domain when both probabilities
+clear their thresholds and its distance stays below one; every threshold is chosen on validation
+images (`derm.gate_fit`). The reason shown to the user is the non-dermatoscopic kind the
+regression finds most likely.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
+
+from derm import gate_net, weights
 
 GATE_JSON, GATE_TENSORS = "gate.json", "gate.safetensors"
 FEATURE_MODEL = "resnet18"
@@ -117,6 +121,8 @@ class GateParams:
     min_probability: float        # P(dermoscopic) below this is refused
     max_distance: float           # Mahalanobis distance above this is refused
     notes: dict = field(default_factory=dict)
+    net: dict = field(default_factory=dict)  # the device network's NetConfig (gate_net.safetensors); {} = none
+    net_min_probability: float = 0.0         # its P(dermatoscopic) below this is refused
 
     ARRAYS = ("pca_mean", "pca_components", "maha_precision", "maha_centre", "scale_mean", "scale_std",
               "coef", "intercept")
@@ -140,13 +146,15 @@ class GateParams:
 
 @dataclass
 class GateDecision:
-    """One image's verdict: accepted or not, the dermatoscopic probability, distance and a reason."""
+    """One image's verdict: accepted or not, the dermatoscopic probabilities (regression, device
+    network), the distance and a reason."""
 
     in_domain: bool
     probability: float
     distance: float
     kind: str
     reason: str | None
+    device_probability: float | None = None
 
     def message(self) -> str | None:
         return None if self.in_domain else self.reason
@@ -180,14 +188,19 @@ def kind_probabilities(params: GateParams, inputs: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray) -> list[GateDecision]:
-    """The gate's verdicts for N images from their deep features and image statistics."""
+def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray,
+           device: np.ndarray | None = None) -> list[GateDecision]:
+    """The gate's verdicts for N images from their deep features, image statistics and (when the gate
+    has one) the device network's P(dermatoscopic). Either probability under its threshold refuses;
+    the reason is the non-dermatoscopic kind the regression finds most likely."""
     _, distance = mahalanobis(params, deep)
     probs = kind_probabilities(params, regression_inputs(deep, distance, stats))
     grey = stats[:, STAT_NAMES.index("channel_spread")] < GREY_SPREAD
+    device = np.full(len(deep), np.nan) if device is None else device
     out = []
-    for p, d, is_grey in zip(probs, distance, grey):
-        unlikely, far = p[0] < params.min_probability, d > params.max_distance
+    for p, d, is_grey, q in zip(probs, distance, grey, device):
+        unlikely = p[0] < params.min_probability or bool(q < params.net_min_probability)
+        far = d > params.max_distance
         kind = KINDS[1 + int(np.argmax(p[1:]))] if (unlikely or far) else ("grey" if is_grey else KINDS[0])
         if unlikely:
             reason = REASONS[kind]
@@ -195,18 +208,21 @@ def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray) -> list[Gate
             kind, reason = "grey", REASONS["grey"]
         else:
             reason = REASONS["distance"] if far else None
-        out.append(GateDecision(reason is None, float(p[0]), float(d), kind, reason))
+        out.append(GateDecision(reason is None, float(p[0]), float(d), kind, reason,
+                                None if np.isnan(q) else float(q)))
     return out
 
 
 class DomainGate:
     """The fitted gate bound to the classifier whose features it reads."""
 
-    def __init__(self, params: GateParams | None, model: nn.Module, to_tensor, bf16: bool = False):
+    def __init__(self, params: GateParams | None, model: nn.Module, to_tensor, bf16: bool = False,
+                 net: nn.Module | None = None):
         self.params = params
         self.model = model
         self.to_tensor = to_tensor  # list of RGB images -> the classifier's normalised input batch
         self.bf16 = bf16
+        self.net = net  # the device network (derm.gate_net), when the gate has one
 
     @torch.no_grad()
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -215,13 +231,29 @@ class DomainGate:
             deep = pooled_activations(self.model, self.to_tensor(images))
         return deep.astype(np.float64), np.stack([image_statistics(im) for im in inputs]).astype(np.float64)
 
+    def device_probabilities(self, images: list[np.ndarray]) -> np.ndarray | None:
+        """The device network's P(dermatoscopic) for the original images; None without a network."""
+        if self.net is None:
+            return None
+        size = self.params.net["size"]
+        return gate_net.probabilities(self.net, np.stack([gate_net.net_input(im, size) for im in images]))
+
     def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
         deep, stats = self.features(images, inputs)
-        return decide(self.params, deep, stats)
+        return decide(self.params, deep, stats, self.device_probabilities(images))
 
 
 def has_gate(weights_dir: Path) -> bool:
     return (Path(weights_dir) / GATE_JSON).is_file() and (Path(weights_dir) / GATE_TENSORS).is_file()
+
+
+def load_net(params: GateParams, weights_dir: Path) -> nn.Module | None:
+    """The device network beside gate.json, or None when the gate has none."""
+    if not params.net:
+        return None
+    net = gate_net.DeviceNet(params.net["width"])
+    net.load_state_dict(weights.load_state_fp32(Path(weights_dir) / gate_net.NET_FILE))
+    return net.eval()
 
 
 def load_params_for(weights_dir: Path, feature_file: Path) -> GateParams:

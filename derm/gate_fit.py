@@ -19,6 +19,7 @@ derm7pt's dermoscopic images (docs/tried.md). The diagnostic classifiers never s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
@@ -31,9 +32,10 @@ import pandas as pd
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from torch import nn
 from tqdm import tqdm
 
-from derm import data, negatives
+from derm import data, gate_net, negatives
 from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, mahalanobis,
                        regression_inputs)
 from derm.pipeline import Predictor, classifier_input
@@ -53,6 +55,7 @@ class GateFitConfig:
     clinical_fit_share: float = 0.5
     clinical_val_share: float = 0.2  # the rest (30%) is reported
     seed: int = 0
+    net: gate_net.NetConfig | None = gate_net.NetConfig()  # the device network; None = regression only
 
 
 # ----------------------------------------------------------------------------- image sources
@@ -186,13 +189,37 @@ def fit_params(fit: dict[str, tuple[np.ndarray, np.ndarray]], val: dict[str, tup
             low.append(np.quantile([d.probability for d in probe], 1 - config.accept_val_share))
             high.append(np.quantile([d.distance for d in probe], config.accept_val_share))
     params.min_probability, params.max_distance = float(min(low)), float(max(high))
-    params.notes = {"config": config.__dict__, "fit_counts": {k: int(len(v[0])) for k, v in fit.items()},
+    params.notes = {"config": dataclasses.asdict(config), "fit_counts": {k: int(len(v[0])) for k, v in fit.items()},
                     "val_counts": {k: int(len(v[0])) for k, v in val.items()}}
     return params
 
 
-def refused_share(params: GateParams, features: tuple[np.ndarray, np.ndarray]) -> float:
-    decisions = decide(params, *features)
+def net_inputs_of(images: Iterable, size: int) -> np.ndarray:
+    """The device network's inputs (N x size x size x 3) for images given as arrays or paths."""
+    return np.stack([gate_net.net_input(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images])
+
+
+def fit_net(fit: dict[str, list], val: dict[str, list], config: GateFitConfig,
+            progress: bool = True) -> tuple[nn.Module, float, dict[str, np.ndarray]]:
+    """Train the device network on the fitting images (dermatoscopic vs every other kind, each
+    source and kind weighted equally) and choose its threshold like the regression's: it keeps
+    `accept_val_share` of every validation source of dermatoscopic images. Returns the network,
+    its threshold and its validation probabilities per set."""
+    size = config.net.size
+    inputs = {k: net_inputs_of(v, size) for k, v in fit.items() if len(v)}
+    images = np.concatenate(list(inputs.values()))
+    groups = np.concatenate([[k] * len(v) for k, v in inputs.items()])
+    labels = np.array([int(kind_of(g) == "dermoscopic") for g in groups])
+    net = gate_net.train_net(images, labels, groups, config.net, progress)
+    val_probs = {k: gate_net.probabilities(net, net_inputs_of(v, size)) for k, v in val.items() if len(v)}
+    threshold = min(np.quantile(p, 1 - config.accept_val_share) for k, p in val_probs.items()
+                    if kind_of(k) == "dermoscopic")
+    return net, float(threshold), val_probs
+
+
+def refused_share(params: GateParams, features: tuple[np.ndarray, np.ndarray],
+                  device: np.ndarray | None = None) -> float:
+    decisions = decide(params, *features, device)
     return float(np.mean([not d.in_domain for d in decisions])) if decisions else float("nan")
 
 
@@ -265,17 +292,22 @@ def fitting_sets(sources: GateSources, config: GateFitConfig, ham_train_limit: i
 
 
 def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
-             ham_train_limit: int = 2000) -> tuple[GateParams, dict]:
-    """Fit the gate for a Predictor's feature classifier; returns it and the validation shares."""
+             ham_train_limit: int = 2000) -> tuple[GateParams, nn.Module | None, dict]:
+    """Fit the gate for a Predictor's feature classifier (and train its device network); returns the
+    parameters, the network (None when config.net is None) and the validation shares refused."""
     extractor = gate_extractor(predictor)
     input_hw = predictor.classifiers[FEATURE_MODEL].input_hw
     fit_images, val_images, _ = fitting_sets(sources, config, ham_train_limit)
     fit = {k: features_of(extractor, v, input_hw, desc=f"fit {k}") for k, v in fit_images.items()}
     val = {k: features_of(extractor, v, input_hw, desc=f"val {k}") for k, v in val_images.items()}
     params = fit_params(fit, val, feature_sha(predictor.weights_dir, predictor), config)
-    shares = {f"val {k}": refused_share(params, v) for k, v in val.items()}
+    net, val_device = None, {}
+    if config.net is not None:
+        net, params.net_min_probability, val_device = fit_net(fit_images, val_images, config)
+        params.net = dataclasses.asdict(config.net)
+    shares = {f"val {k}": refused_share(params, v, val_device.get(k)) for k, v in val.items()}
     params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}
-    return params, shares
+    return params, net, shares
 
 
 def check_sets(predictor: Predictor, names: list[str], folders: list[str], sources: GateSources = GateSources(),

@@ -18,7 +18,7 @@ from derm import lesion
 from derm.augment import normalize
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
-from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_params_for
+from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_net, load_params_for
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask
@@ -210,7 +210,8 @@ class Predictor:
             return None
         feature_file = self.weights_dir / self.manifest["models"][FEATURE_MODEL]["file"]
         clf = self.classifiers[FEATURE_MODEL]
-        return DomainGate(load_params_for(self.weights_dir, feature_file), clf.model, clf.tensor, clf.bf16)
+        params = load_params_for(self.weights_dir, feature_file)
+        return DomainGate(params, clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir))
 
     def check_domain(self, images: list[np.ndarray]) -> list[GateDecision | None]:
         """The gate's verdict per image (None for each when these weights have no gate)."""

@@ -6,6 +6,7 @@ clone: the full HAM10000 is hidden, so the images come from the test split shipp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,38 +76,17 @@ def app_url(tiny_weights, tmp_path_factory) -> Iterator[str]:
             server.wait()
 
 
-def test_upload_in_a_real_browser_shows_the_diagnosis_and_overlays(app_url, original_image):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browser_page() -> Iterator:
+    """A fresh Chromium page (1400 x 2400), closed afterwards whatever happens."""
+    from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "diagnose.png"
-    screenshot.unlink(missing_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.goto(f"{app_url}/model_card")  # a bookmarked page on a fresh server gets the app's own navigation
-            page.get_by_role("heading", name="Model card").wait_for(timeout=WAIT_MS)
-            expect(page.get_by_test_id("stSidebar").get_by_text("Test-set explorer")).to_be_visible()
-            expect(page.get_by_test_id("stSidebar").get_by_text("Weights", exact=True)).to_be_visible()
-            page.goto(app_url)
-            page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
-            page.locator("input[type=file]").set_input_files(str(original_image))
-            page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
-            images = page.locator('[data-testid="stImage"] img')
-            images.nth(1).wait_for(timeout=WAIT_MS)
-            page.wait_for_function("""() => {
-                const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-                return imgs.length >= 2 && imgs.every(img => img.complete && img.naturalWidth > 0);
-            }""", timeout=WAIT_MS)
-            expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
-            expect(page.get_by_text("Grad-CAM of")).to_be_visible(timeout=WAIT_MS)
-            expect(page.get_by_text("not a diagnosis").first).to_be_visible()
-            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-            page.screenshot(path=str(screenshot), full_page=True)
+            yield browser.new_page(viewport={"width": 1400, "height": 2400})
         finally:
             browser.close()
-    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
 
 
 def wait_for_loaded_images(page, at_least: int) -> None:
@@ -117,8 +97,32 @@ def wait_for_loaded_images(page, at_least: int) -> None:
     }""", arg=at_least, timeout=WAIT_MS)
 
 
+def test_upload_in_a_real_browser_shows_the_diagnosis_and_overlays(app_url, original_image):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "diagnose.png"
+    screenshot.unlink(missing_ok=True)
+    with browser_page() as page:
+        page.goto(f"{app_url}/model_card")  # a bookmarked page on a fresh server gets the app's own navigation
+        page.get_by_role("heading", name="Model card").wait_for(timeout=WAIT_MS)
+        expect(page.get_by_test_id("stSidebar").get_by_text("Test-set explorer")).to_be_visible()
+        expect(page.get_by_test_id("stSidebar").get_by_text("Weights", exact=True)).to_be_visible()
+        page.goto(app_url)
+        page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
+        page.locator("input[type=file]").set_input_files(str(original_image))
+        page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
+        wait_for_loaded_images(page, 2)
+        expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
+        expect(page.get_by_text("Grad-CAM of")).to_be_visible(timeout=WAIT_MS)
+        expect(page.get_by_text("not a diagnosis").first).to_be_visible()
+        expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
 def test_the_first_example_gives_a_result_in_a_real_browser(app_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from derm.catalog import EXAMPLES
     from derm.classes import CLASSES, FULL_NAMES
@@ -126,30 +130,25 @@ def test_the_first_example_gives_a_result_in_a_real_browser(app_url):
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "diagnose-example.png"
     screenshot.unlink(missing_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.goto(app_url)
-            page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
-            expect(page.get_by_test_id("stSidebar").get_by_text("test split shipped with derm")).to_be_visible()
-            wait_for_loaded_images(page, len(CLASSES))  # the examples row
-            page.get_by_test_id("stButton").get_by_role("button", name="Analyse", exact=True).first.click()
-            page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
-            first = EXAMPLES[CLASSES[0]]
-            expect(page.get_by_text(f"HAM10000 ground truth for {first}")).to_be_visible(timeout=WAIT_MS)
-            expect(page.get_by_text(f"{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})").first).to_be_visible()
-            expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
-            wait_for_loaded_images(page, len(CLASSES) + 2)  # and Grad-CAM and the outline
-            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
+        expect(page.get_by_test_id("stSidebar").get_by_text("test split shipped with derm")).to_be_visible()
+        wait_for_loaded_images(page, len(CLASSES))  # the examples row
+        page.get_by_test_id("stButton").get_by_role("button", name="Analyse", exact=True).first.click()
+        page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
+        first = EXAMPLES[CLASSES[0]]
+        expect(page.get_by_text(f"HAM10000 ground truth for {first}")).to_be_visible(timeout=WAIT_MS)
+        expect(page.get_by_text(f"{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})").first).to_be_visible()
+        expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
+        wait_for_loaded_images(page, len(CLASSES) + 2)  # and Grad-CAM and the outline
+        expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
 
 
 def test_the_explorer_shows_a_clicked_cells_images_in_a_real_browser(app_url, tiny_weights):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from derm import explorer
 
@@ -160,29 +159,24 @@ def test_the_explorer_shows_a_clicked_cells_images_in_a_real_browser(app_url, ti
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "explorer.png"
     screenshot.unlink(missing_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.goto(f"{app_url}/explorer")
-            page.get_by_role("heading", name="Test-set explorer").wait_for(timeout=WAIT_MS)
-            markers = page.locator(".scatterlayer .trace .points path")
-            markers.nth(busiest).wait_for(timeout=WAIT_MS)
-            markers.nth(busiest).click(force=True)
-            true, pred = cells["true"].iloc[busiest], cells["pred"].iloc[busiest]
-            page.get_by_text(f"test images of {explorer_name(true)}").wait_for(timeout=WAIT_MS)
-            wait_for_loaded_images(page, expected)
-            # Streamlit buttons only: each selectbox has an "Open" button of its own
-            opens = page.get_by_test_id("stButton").get_by_role("button", name="Open", exact=True)
-            expect(opens).to_have_count(expected)
-            opens.first.click()
-            expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
-            wait_for_loaded_images(page, expected + 2)
-            expect(page.locator('[data-testid="stException"]')).to_have_count(0)
-            assert pred in page.get_by_test_id("stMarkdown").filter(has_text="test images of").first.inner_text()
-            page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(f"{app_url}/explorer")
+        page.get_by_role("heading", name="Test-set explorer").wait_for(timeout=WAIT_MS)
+        markers = page.locator(".scatterlayer .trace .points path")
+        markers.nth(busiest).wait_for(timeout=WAIT_MS)
+        markers.nth(busiest).click(force=True)
+        true, pred = cells["true"].iloc[busiest], cells["pred"].iloc[busiest]
+        page.get_by_text(f"test images of {explorer_name(true)}").wait_for(timeout=WAIT_MS)
+        wait_for_loaded_images(page, expected)
+        # Streamlit buttons only: each selectbox has an "Open" button of its own
+        opens = page.get_by_test_id("stButton").get_by_role("button", name="Open", exact=True)
+        expect(opens).to_have_count(expected)
+        opens.first.click()
+        expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
+        wait_for_loaded_images(page, expected + 2)
+        expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        assert pred in page.get_by_test_id("stMarkdown").filter(has_text="test images of").first.inner_text()
+        page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
 
 

@@ -66,9 +66,29 @@ def test_params_round_trip_and_refuse_another_classifier(tmp_path):
     loaded = GateParams.load(tmp_path)
     probe = synthetic_features(rng, 20, 0.0)
     assert [d.probability for d in decide(loaded, *probe)] == pytest.approx([d.probability for d in decide(params, *probe)], abs=1e-5)
+    assert gate.load_net(loaded, tmp_path) is None  # a gate without a device network
     (tmp_path / "clf.safetensors").write_bytes(b"another classifier")
     with pytest.raises(ValueError, match="refit"):
         gate.load_params_for(tmp_path, tmp_path / "clf.safetensors")
+
+
+def test_device_net_round_trips_with_its_params(tmp_path):
+    from derm import gate_net
+    from derm.weights import save_state_fp16
+
+    rng = np.random.default_rng(7)
+    fit = {"dermoscopic": synthetic_features(rng, 100, 0.0), "blank": synthetic_features(rng, 100, 4.0)}
+    params = fit_params(fit, {"dermoscopic": synthetic_features(rng, 50, 0.0)}, "abc", GateFitConfig(pca_components=4))
+    config = gate_net.NetConfig(size=32, width=8)
+    params.net, params.net_min_probability = {"size": config.size, "width": config.width}, 0.25
+    net = gate_net.DeviceNet(config.width).eval()
+    params.save(tmp_path)
+    save_state_fp16(net, tmp_path / gate_net.NET_FILE)
+    loaded = GateParams.load(tmp_path)
+    assert loaded.net_min_probability == 0.25
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    expected = gate_net.probabilities(net, images)
+    assert gate_net.probabilities(gate.load_net(loaded, tmp_path), images) == pytest.approx(expected, abs=2e-2)
 
 
 def test_clinical_shares_are_fixed_by_name():
@@ -218,3 +238,59 @@ def test_greyscale_images_are_refused_with_their_own_reason():
     decisions = decide(params, deep, stats)
     assert all(not d.in_domain and d.kind == "grey" and "black-and-white" in d.reason for d in decisions
                if d.probability >= params.min_probability)
+
+
+def test_device_probability_under_its_threshold_refuses():
+    rng = np.random.default_rng(5)
+    fit = {"dermoscopic": synthetic_features(rng, 300, 0.0), "blank": synthetic_features(rng, 300, 5.0)}
+    params = fit_params(fit, {"dermoscopic": synthetic_features(rng, 200, 0.0)}, "sha", GateFitConfig(pca_components=8))
+    params.net_min_probability = 0.3
+    deep, stats = synthetic_features(rng, 40, 0.0)
+    without = decide(params, deep, stats)
+    device = np.where(np.arange(40) < 20, 0.05, 0.9)
+    decisions = decide(params, deep, stats, device)
+    for i, (d, w) in enumerate(zip(decisions, without)):
+        assert d.device_probability == pytest.approx(device[i])
+        if i < 20:
+            assert not d.in_domain and d.reason  # the network alone refuses, with a reason
+        else:
+            assert d.in_domain == w.in_domain  # a confident network changes nothing
+
+
+def _device_like(rng: np.random.Generator, n: int, dermoscopic: bool) -> np.ndarray:
+    """Dermatoscope-like: a round bright field with a soft brown blob in dark corners; else stripes."""
+    yy, xx = np.mgrid[:32, :32] / 31.0 - 0.5
+    out = []
+    for _ in range(n):
+        if dermoscopic:
+            field = (np.hypot(yy, xx) < 0.5)[..., None] * np.array([220, 170, 150])
+            blob = np.exp(-((yy - rng.uniform(-.1, .1)) ** 2 + (xx - rng.uniform(-.1, .1)) ** 2) / 0.02)[..., None]
+            image = field * (1 - 0.6 * blob)
+        else:
+            image = ((np.sin(xx * rng.uniform(10, 40)) > 0)[..., None] * rng.uniform(50, 255, 3))
+        out.append(np.clip(image + rng.normal(0, 8, (32, 32, 3)), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def test_device_net_learns_to_tell_the_kinds_apart():
+    from derm import gate_net
+
+    rng = np.random.default_rng(6)
+    images = np.concatenate([_device_like(rng, 60, True), _device_like(rng, 60, False)])
+    labels = np.r_[np.ones(60, int), np.zeros(60, int)]
+    groups = np.array(["dermoscopic/a"] * 60 + ["screen"] * 60)
+    config = gate_net.NetConfig(size=32, width=8, steps=60, batch_size=32, lr=3e-3)
+    net = gate_net.train_net(images, labels, groups, config, progress=False)
+    held_out = gate_net.probabilities(net, np.concatenate([_device_like(rng, 20, True), _device_like(rng, 20, False)]))
+    assert held_out[:20].mean() > 0.7 and held_out[20:].mean() < 0.3
+
+
+def test_group_weights_give_each_source_an_equal_part_of_its_class():
+    from derm.gate_net import group_weights
+
+    groups = np.array(["dermoscopic/big"] * 90 + ["dermoscopic/small"] * 10 + ["clinical"] * 5 + ["blank"] * 45)
+    labels = np.array([int(g.startswith("dermoscopic")) for g in groups])
+    w = group_weights(groups, labels)
+    assert w.sum() == pytest.approx(1.0)
+    for name in np.unique(groups):
+        assert w[groups == name].sum() == pytest.approx(0.25)
