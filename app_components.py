@@ -225,8 +225,7 @@ def show_refusal(result: Result, key: str) -> bool:
     st.error(f"**Not analysed: this does not look like a dermatoscopic image of a skin lesion.** "
              f"{result.domain.reason}", icon=":material/block:")
     st.caption("The models were trained on dermatoscopic close-ups only; on anything else their answer is "
-               f"meaningless. (Domain gate: dermatoscopic probability {result.domain.probability:.2f}, "
-               f"distance from the training images {result.domain.distance:.1f}.)")
+               f"meaningless. (Domain gate: {result.domain.evidence()}.)")
     if not st.toggle("Show the models' guess anyway", key=f"override_{key}"):
         return False
     st.warning(f"**Unreliable.** {UNRELIABLE}")

@@ -159,6 +159,13 @@ class GateDecision:
     def message(self) -> str | None:
         return None if self.in_domain else self.reason
 
+    def evidence(self) -> str:
+        """The numbers behind the verdict, for a curious reader."""
+        device = "" if self.device_probability is None else \
+            f", device network's dermatoscopic probability {self.device_probability:.2f}"
+        return (f"dermatoscopic probability {self.probability:.2f}{device}, "
+                f"distance from the training images {self.distance:.1f}")
+
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()

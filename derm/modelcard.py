@@ -143,6 +143,10 @@ GATE_SETS = {
 }
 
 
+def json_has_net(gate_json: Path) -> bool:
+    return gate_json.is_file() and bool(json.loads(gate_json.read_text()).get("net"))
+
+
 def gate_section(weights_dir: Path) -> list[str]:
     """The domain gate: what it refuses and accepts per set, from weights/gate_report.json."""
     path = Path(weights_dir) / "gate_report.json"
@@ -156,7 +160,9 @@ def gate_section(weights_dir: Path) -> list[str]:
              "Before any diagnosis the app asks whether the image is a dermatoscopic image of a skin lesion "
              "(`derm/gate.py`): a logistic regression over the shipped ResNet18's pooled features and simple "
              "image statistics, fitted against clinical photos, everyday photos, screens and blank frames, plus a "
-             "Mahalanobis distance from dermatoscopic images and a greyscale rule. The thresholds keep "
+             "Mahalanobis distance from dermatoscopic images and a greyscale rule"
+             + ("; beside it, a small network trained for 'taken through a dermatoscope?' (`derm/gate_net.py`; "
+                "either probability under its threshold refuses)" if json_has_net(gate_json) else "") + ". The thresholds keep "
              f"{accept:.1%} of each validation source of dermatoscopic images (HAM10000 val, isic2018_task1 val, "
              "derm7pt's validation share of cases). Which images play which part: `derm/gate_fit.py`. Fitted by "
              "`python -m derm fit-gate` (refit whenever the ResNet18 changes: the gate checks its hash); measured by:", "",

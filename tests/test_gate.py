@@ -251,6 +251,7 @@ def test_device_probability_under_its_threshold_refuses():
     decisions = decide(params, deep, stats, device)
     for i, (d, w) in enumerate(zip(decisions, without)):
         assert d.device_probability == pytest.approx(device[i])
+        assert "device network's dermatoscopic probability" in d.evidence()
         if i < 20:
             assert not d.in_domain and d.reason  # the network alone refuses, with a reason
         else:
