@@ -100,7 +100,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        description="Chooses TTA, temperatures, routing and thresholds on validation, "
                                    "then scores val and test once with the shipped code (--val-only: val alone, "
                                    "to compare candidate runs).")
-    p.add_argument("--resnet18", required=True, help="run folder of the ResNet18 (answers frequent classes), "
+    p.add_argument("--resnet18", help="run folder of the ResNet18 (answers frequent classes), "
                    "or shipped weights (weights/resnet18.safetensors) to keep them")
     p.add_argument("--resnet50", help="run folder or shipped .safetensors of the ResNet50 (answers rare classes)")
     p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net")
@@ -108,11 +108,25 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
     p.add_argument("--val-only", action="store_true",
                    help="score validation only: compare candidate runs without looking at the test split")
+    p.add_argument("--unet-only", action="store_true",
+                   help="replace and re-score the U-Net of --out alone; its classifiers, metrics and gate stay")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from derm.export import export
+    from derm.export import export, export_unet_only
+
+    if args.unet_only:
+        if not args.unet or args.resnet18 or args.resnet50 or args.val_only:
+            print("derm export: --unet-only takes --unet (and --out), nothing else", file=sys.stderr)
+            return 2
+        seg = export_unet_only(Path(args.unet), Path(args.out), args.limit)
+        for split, rep in seg.items():
+            print(f"{split:5s} unet      dice={rep['dice']:.3f} iou={rep['iou']:.3f}")
+        return 0
+    if not args.resnet18:
+        print("derm export: --resnet18 is required (or --unet-only)", file=sys.stderr)
+        return 2
 
     classifier_runs = {"resnet18": Path(args.resnet18)}
     if args.resnet50:

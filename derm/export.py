@@ -214,6 +214,27 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     return metrics
 
 
+def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:
+    """Replace the U-Net of an exported weights folder and re-score it (TTA and threshold chosen on
+    validation, both splits at 600x450); the classifiers, their metrics and the domain gate stay,
+    byte for byte. Returns the U-Net's part of metrics.json."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    model, config, record = load_source(unet_run)
+    save_state_fp16(model, out / "unet.safetensors")
+    manifest["models"]["unet"] = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
+                                  "input_hw": [config["height"], config["width"]],
+                                  "normalization": config["normalization"], "threshold": 0.5, "tta": [],
+                                  "training": record}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    parts = {s: split_table(out / "split.csv", config.get("data"), s, limit) for s in ("val", "test")}
+    metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(Predictor(out), parts, manifest["models"]["unet"],
+                                                                         metrics.setdefault("choices", {}))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics["segmenter"]
+
+
 def validate_routing(routing: dict[str, str], val_probs: dict[str, np.ndarray], y_val: np.ndarray,
                      margin: float = 0.02) -> tuple[dict[str, str], dict]:
     """Keep the frequency routing for a class unless the other model's validation AUC for it is

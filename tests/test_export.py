@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -121,3 +122,22 @@ def test_export_from_shipped_weights_reproduces_them(tiny_weights, tmp_path, dat
     for name in ("resnet18", "resnet50", "ensemble"):  # the same fp16 weights give the same validation scores
         assert abs(metrics["classifiers"]["val"][name]["macro_auc"] - shipped["classifiers"]["val"][name]["macro_auc"]) < 1e-6
     assert abs(metrics["segmenter"]["val"]["dice"] - shipped["segmenter"]["val"]["dice"]) < 1e-6
+
+
+def test_unet_only_export_replaces_the_unet_and_keeps_the_rest(tiny_weights, tiny_runs, tmp_path, data_dir, monkeypatch):
+    from derm.export import export_unet_only
+
+    monkeypatch.setenv("DERM_DATA", str(data_dir))
+    out = tmp_path / "weights"
+    shutil.copytree(tiny_weights, out)
+    kept = {name: (out / name).read_bytes() for name in ("resnet18.safetensors", "resnet50.safetensors")}
+    before = json.loads((out / "metrics.json").read_text())
+    (out / "unet.safetensors").unlink()  # what it writes must come from the run, not the old file
+    segmenter = export_unet_only(tiny_runs["unet"], out, limit=32)
+    assert all((out / name).read_bytes() == content for name, content in kept.items())
+    after = json.loads((out / "metrics.json").read_text())
+    assert after["classifiers"] == before["classifiers"]
+    assert after["segmenter"] == segmenter and 0.0 <= segmenter["test"]["dice"] <= 1.0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["unet"]["training"]["run"] == tiny_runs["unet"].name
+    assert "cleaning" in manifest["models"]["unet"] and (out / "unet.safetensors").is_file()
