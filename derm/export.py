@@ -100,6 +100,13 @@ def load_source(source: Path) -> tuple[nn.Module, dict, dict]:
     return load_model(manifest_entry_for_file(source), source.parent), config, config["training"]
 
 
+def unet_entry(config: dict, record: dict) -> dict:
+    """The U-Net's manifest entry before validation chooses its TTA, threshold and cleaning."""
+    return {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
+            "input_hw": [config["height"], config["width"]], "normalization": config["normalization"],
+            "threshold": 0.5, "tta": [], "training": record}
+
+
 def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> tuple[dict, dict]:
     """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing); also
     returns the first classifier's config (its split and data folder), so no model is loaded twice."""
@@ -118,10 +125,7 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
     if unet_run is not None:
         model, config, record = load_source(unet_run)
         save_state_fp16(model, out / "unet.safetensors")
-        manifest["models"]["unet"] = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
-                                      "input_hw": [config["height"], config["width"]],
-                                      "normalization": config["normalization"], "threshold": 0.5, "tta": [],
-                                      "training": record}
+        manifest["models"]["unet"] = unet_entry(config, record)
     manifest["ensemble"] = {"routing": frequency_routing(counts, list(classifier_runs)),
                             "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -222,10 +226,7 @@ def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     model, config, record = load_source(unet_run)
     save_state_fp16(model, out / "unet.safetensors")
-    manifest["models"]["unet"] = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
-                                  "input_hw": [config["height"], config["width"]],
-                                  "normalization": config["normalization"], "threshold": 0.5, "tta": [],
-                                  "training": record}
+    manifest["models"]["unet"] = unet_entry(config, record)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     parts = {s: split_table(out / "split.csv", config.get("data"), s, limit) for s in ("val", "test")}
     metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(Predictor(out), parts, manifest["models"]["unet"],
