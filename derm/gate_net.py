@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derm.augment import AugmentPolicy, augment_batch
+from derm.augment import AugmentPolicy, augment_batch, uint8_to_float
 
 NET_FILE = "gate_net.safetensors"
 # the device's look is in texture and illumination, not in colour balance: jitter colour hard
@@ -68,8 +68,8 @@ def net_input(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
-    """N x S x S x 3 uint8 -> N x 3 x S x S float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+    """N x S x S x 3 uint8 array -> N x 3 x S x S float in [0, 1]."""
+    return uint8_to_float(torch.from_numpy(np.ascontiguousarray(batch)))
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:
