@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -290,6 +291,7 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--derm7pt", help="derm7pt folder, for its clinical/ photos (default ../shared/derm7pt)")
     p.add_argument("--ham-train-limit", type=int, default=2000, help="HAM10000 train images used (0: all)")
     p.add_argument("--no-net", action="store_true", help="regression only, without the device network")
+    p.add_argument("--net-steps", type=int, help="training steps of the device network (default: NetConfig's)")
     p.set_defaults(func=cmd_fit_gate)
 
 
@@ -311,6 +313,8 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
     if predictor is None:
         return 2
     config = GateFitConfig(net=None) if args.no_net else GateFitConfig()
+    if config.net is not None and args.net_steps:
+        config = dataclasses.replace(config, net=dataclasses.replace(config.net, steps=args.net_steps))
     try:
         params, net, shares = fit_gate(predictor, _gate_sources(args), config, ham_train_limit=args.ham_train_limit)
     except (DataNotFoundError, FileNotFoundError) as exc:

@@ -11,7 +11,7 @@ import torch
 
 from derm import runs
 from derm.evaluate import evaluate_run
-from derm.train import StopFlag, TrainConfig, epoch_indices, train
+from derm.train import StopFlag, TrainConfig, epoch_indices, load_splits, train
 
 from conftest import REPO
 from derm.data import TEST_SUBSET_DIR
@@ -144,3 +144,47 @@ def test_sampling_policies_shape_the_class_mix():
     assert len(reference) == 1800 and (labels[reference] == 1).sum() == 900
     natural = epoch_indices(labels, "natural", 0, gen)
     assert sorted(natural.tolist()) == list(range(1000))
+
+
+@pytest.fixture()
+def extra_mask_folder(tmp_path, data_dir):
+    """A second mask source in isic2018_task1's layout (images/, masks/, split.csv), 256x256 like it."""
+    import cv2
+
+    folder = tmp_path / "extra"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:9]
+    for image_id in ids:
+        image = cv2.imread(str(data_dir / "images" / f"{image_id}.jpg"))
+        mask = cv2.imread(str(data_dir / "masks" / f"{image_id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(folder / "images" / f"x{image_id}.jpg"), cv2.resize(image, (256, 256)))
+        cv2.imwrite(str(folder / "masks" / f"x{image_id}_segmentation.png"),
+                    cv2.resize(mask, (256, 256), interpolation=cv2.INTER_NEAREST))
+    pd.DataFrame({"image_id": [f"x{i}" for i in ids], "split": ["train"] * 5 + ["val"] * 3 + ["test"]}).to_csv(
+        folder / "split.csv", index=False)
+    return folder
+
+
+def test_extra_masks_join_training_and_validation_and_each_source_is_scored(tmp_path, split_file, data_dir,
+                                                                           extra_mask_folder):
+    config = TrainConfig.for_task("segmenter", epochs=1, limit=16, height=48, width=64, batch_size=8, unet_width=8,
+                                  sampling="balanced", extra_masks=str(extra_mask_folder),
+                                  data=str(TEST_SUBSET_DIR), split=str(split_file))
+    splits, _ = load_splits(config)
+    assert splits["train"].labels.tolist() == [0] * 16 + [1] * 5  # source labels: HAM10000, then the extra folder
+    rows = pd.read_csv(extra_mask_folder / "split.csv")
+    assert splits["val"].image_ids[-3:] == rows.loc[rows["split"] == "val", "image_id"].tolist()
+    assert splits["val"].labels.tolist()[-4:] == [0, 1, 1, 1]
+    assert not set(splits["train"].image_ids) & set(splits["val"].image_ids)  # its test row joins neither
+    run_dir = train(config, tmp_path / "run", progress=False)
+    (record,) = runs.read_metrics(run_dir)
+    assert record["score"] == pytest.approx((record["dice_ham10000"] + record["dice_extra"]) / 2)
+    assert json.loads((run_dir / "config.json").read_text())["extra_masks"] == str(extra_mask_folder)
+
+
+def test_extra_masks_are_refused_for_a_classifier_or_a_folder_without_split_csv(tmp_path):
+    with pytest.raises(ValueError, match="extra"):
+        TrainConfig.for_task("classifier", "resnet18", extra_masks=str(tmp_path)).validate()
+    with pytest.raises(ValueError, match="split.csv"):
+        TrainConfig.for_task("segmenter", extra_masks=str(tmp_path)).validate()
