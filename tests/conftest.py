@@ -23,6 +23,19 @@ TINY_HW = (48, 64)
 UPLOAD_HW = (450, 600)  # what users upload: the size of the dataset's originals
 
 
+def write_squashed_mask_set(data_dir: Path, folder: Path, ids: list[str], prefix: str = "") -> None:
+    """Real images and masks squashed to 256x256 into folder/images and folder/masks, named like
+    isic2018_task1's copies (<id>.jpg, <id>_segmentation.png): a second mask source for the tests."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(exist_ok=True)
+    for image_id in ids:
+        image = cv2.imread(str(data_dir / "images" / f"{image_id}.jpg"))
+        mask = cv2.imread(str(data_dir / "masks" / f"{image_id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(folder / "images" / f"{prefix}{image_id}.jpg"), cv2.resize(image, (256, 256)))
+        cv2.imwrite(str(folder / "masks" / f"{prefix}{image_id}_segmentation.png"),
+                    cv2.resize(mask, (256, 256), interpolation=cv2.INTER_NEAREST))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shipped test split: real images, masks and metadata, laid out like the full dataset."""

@@ -3,12 +3,12 @@
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
+from conftest import write_squashed_mask_set
 from derm.classes import CLASSES
 from derm.cli import main
 from derm.metrics import classification_report, present_classes_report
@@ -95,14 +95,7 @@ def mask_folder(tmp_path_factory, data_dir):
     """Five real images and masks squashed to 256x256 like isic2018_task1's copies, and one image without a mask."""
     folder = tmp_path_factory.mktemp("masks")
     ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:5]
-    (folder / "images").mkdir()
-    (folder / "masks").mkdir()
-    for image_id in ids:
-        image = cv2.imread(str(data_dir / "images" / f"{image_id}.jpg"))
-        mask = cv2.imread(str(data_dir / "masks" / f"{image_id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(folder / "images" / f"{image_id}.jpg"), cv2.resize(image, (256, 256)))
-        cv2.imwrite(str(folder / "masks" / f"{image_id}_segmentation.png"),
-                    cv2.resize(mask, (256, 256), interpolation=cv2.INTER_NEAREST))
+    write_squashed_mask_set(data_dir, folder, ids)
     shutil.copyfile(data_dir / "images" / f"{ids[0]}.jpg", folder / "images" / "no_mask.jpg")
     return folder
 

@@ -13,7 +13,7 @@ from derm import runs
 from derm.evaluate import evaluate_run
 from derm.train import StopFlag, TrainConfig, epoch_indices, load_splits, train
 
-from conftest import REPO
+from conftest import REPO, write_squashed_mask_set
 from derm.data import TEST_SUBSET_DIR
 
 
@@ -149,18 +149,9 @@ def test_sampling_policies_shape_the_class_mix():
 @pytest.fixture()
 def extra_mask_folder(tmp_path, data_dir):
     """A second mask source in isic2018_task1's layout (images/, masks/, split.csv), 256x256 like it."""
-    import cv2
-
     folder = tmp_path / "extra"
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
     ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:9]
-    for image_id in ids:
-        image = cv2.imread(str(data_dir / "images" / f"{image_id}.jpg"))
-        mask = cv2.imread(str(data_dir / "masks" / f"{image_id}_segmentation.png"), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(folder / "images" / f"x{image_id}.jpg"), cv2.resize(image, (256, 256)))
-        cv2.imwrite(str(folder / "masks" / f"x{image_id}_segmentation.png"),
-                    cv2.resize(mask, (256, 256), interpolation=cv2.INTER_NEAREST))
+    write_squashed_mask_set(data_dir, folder, ids, prefix="x")
     pd.DataFrame({"image_id": [f"x{i}" for i in ids], "split": ["train"] * 5 + ["val"] * 3 + ["test"]}).to_csv(
         folder / "split.csv", index=False)
     return folder
