@@ -290,8 +290,12 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isic", help="isic2018_task1 folder (default ../shared/isic2018_task1)")
     p.add_argument("--derm7pt", help="derm7pt folder, for its clinical/ photos (default ../shared/derm7pt)")
     p.add_argument("--ham-train-limit", type=int, default=2000, help="HAM10000 train images used (0: all)")
-    p.add_argument("--no-net", action="store_true", help="regression only, without the device network")
+    net = p.add_mutually_exclusive_group()
+    net.add_argument("--no-net", action="store_true", help="regression only, without the device network")
     p.add_argument("--net-steps", type=int, help="training steps of the device network (default: NetConfig's)")
+    net.add_argument("--keep-net", action="store_true",
+                   help="keep the device network in --weights (not retrained): refit the regression and both "
+                        "thresholds only, e.g. after the ResNet18 was re-shipped")
     p.set_defaults(func=cmd_fit_gate)
 
 
@@ -301,6 +305,17 @@ def _gate_sources(args: argparse.Namespace):
     defaults = GateSources()
     return GateSources(ham=args.data, isic=Path(args.isic) if args.isic else defaults.isic,
                        derm7pt=Path(args.derm7pt) if args.derm7pt else defaults.derm7pt)
+
+
+def kept_device_net(weights_dir: Path):
+    """(network, its NetConfig) of the gate in weights_dir, for fit-gate --keep-net."""
+    from derm.gate import GateParams, load_net
+    from derm.gate_net import NetConfig
+
+    params = GateParams.load(weights_dir)
+    if not params.net:
+        raise ValueError(f"{weights_dir} has no device network to keep; run fit-gate without --keep-net")
+    return load_net(params, weights_dir), NetConfig(**params.net)
 
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
@@ -316,8 +331,12 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
     if config.net is not None and args.net_steps:
         config = dataclasses.replace(config, net=dataclasses.replace(config.net, steps=args.net_steps))
     try:
-        params, net, shares = fit_gate(predictor, _gate_sources(args), config, ham_train_limit=args.ham_train_limit)
-    except (DataNotFoundError, FileNotFoundError) as exc:
+        kept = kept_device_net(Path(args.weights)) if args.keep_net else None
+        if kept is not None:  # the kept network's own recipe; inference settings (flips) from today's
+            config = dataclasses.replace(config, net=dataclasses.replace(kept[1], flips=config.net.flips))
+        params, net, shares = fit_gate(predictor, _gate_sources(args), config, ham_train_limit=args.ham_train_limit,
+                                       net=kept[0] if kept else None)
+    except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"derm: {exc}", file=sys.stderr)
         return 2
     params.save(Path(args.weights))

@@ -243,7 +243,8 @@ class DomainGate:
         if self.net is None:
             return None
         size = self.params.net["size"]
-        return gate_net.probabilities(self.net, np.stack([gate_net.net_input(im, size) for im in images]))
+        return gate_net.probabilities(self.net, np.stack([gate_net.net_input(im, size) for im in images]),
+                                      flips=self.params.net.get("flips", False))
 
     def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
         deep, stats = self.features(images, inputs)

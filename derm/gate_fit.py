@@ -39,6 +39,7 @@ from derm import data, gate_net, negatives
 from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, mahalanobis,
                        regression_inputs)
 from derm.pipeline import Predictor, classifier_input
+from derm.weights import to_fp16, to_fp32
 
 Images = list[np.ndarray]
 
@@ -199,22 +200,27 @@ def net_inputs_of(images: Iterable, size: int) -> np.ndarray:
     return np.stack([gate_net.net_input(read_rgb(i) if isinstance(i, (str, Path)) else i, size) for i in images])
 
 
-def fit_net(fit: dict[str, list], val: dict[str, list], config: GateFitConfig,
-            progress: bool = True) -> tuple[nn.Module, float, dict[str, np.ndarray]]:
-    """Train the device network on the fitting images (dermatoscopic vs every other kind, each
-    source and kind weighted equally) and choose its threshold like the regression's: it keeps
-    `accept_val_share` of every validation source of dermatoscopic images. Returns the network,
-    its threshold and its validation probabilities per set."""
-    size = config.net.size
-    inputs = {k: net_inputs_of(v, size) for k, v in fit.items() if len(v)}
+def train_device_net(fit: dict[str, list], config: GateFitConfig, progress: bool = True) -> nn.Module:
+    """Train the device network on the fitting images: dermatoscopic vs every other kind, each
+    source and kind weighted equally. Returned as it will be shipped (weights rounded to fp16), so
+    that its threshold is chosen on the very network the app loads."""
+    inputs = {k: net_inputs_of(v, config.net.size) for k, v in fit.items() if len(v)}
     images = np.concatenate(list(inputs.values()))
     groups = np.concatenate([[k] * len(v) for k, v in inputs.items()])
     labels = np.array([int(kind_of(g) == "dermoscopic") for g in groups])
     net = gate_net.train_net(images, labels, groups, config.net, progress)
-    val_probs = {k: gate_net.probabilities(net, net_inputs_of(v, size)) for k, v in val.items() if len(v)}
+    net.load_state_dict(to_fp32(to_fp16(net.state_dict())))
+    return net
+
+
+def net_threshold(net: nn.Module, val: dict[str, list], config: GateFitConfig) -> tuple[float, dict[str, np.ndarray]]:
+    """The device network's threshold, chosen like the regression's: it keeps `accept_val_share` of
+    every validation source of dermatoscopic images. Returns it and the validation probabilities."""
+    val_probs = {k: gate_net.probabilities(net, net_inputs_of(v, config.net.size), config.net.flips)
+                 for k, v in val.items() if len(v)}
     threshold = min(np.quantile(p, 1 - config.accept_val_share) for k, p in val_probs.items()
                     if kind_of(k) == "dermoscopic")
-    return net, float(threshold), val_probs
+    return float(threshold), val_probs
 
 
 def refused_share(params: GateParams, features: tuple[np.ndarray, np.ndarray],
@@ -292,18 +298,22 @@ def fitting_sets(sources: GateSources, config: GateFitConfig, ham_train_limit: i
 
 
 def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
-             ham_train_limit: int = 2000) -> tuple[GateParams, nn.Module | None, dict]:
-    """Fit the gate for a Predictor's feature classifier (and train its device network); returns the
-    parameters, the network (None when config.net is None) and the validation shares refused."""
+             ham_train_limit: int = 2000, net: nn.Module | None = None) -> tuple[GateParams, nn.Module | None, dict]:
+    """Fit the gate for a Predictor's feature classifier and train its device network, or keep the
+    given `net` (trained with config.net) and choose only its threshold again. Returns the parameters,
+    the network (None when config.net is None) and the validation shares refused."""
     extractor = gate_extractor(predictor)
     input_hw = predictor.classifiers[FEATURE_MODEL].input_hw
     fit_images, val_images, _ = fitting_sets(sources, config, ham_train_limit)
     fit = {k: features_of(extractor, v, input_hw, desc=f"fit {k}") for k, v in fit_images.items()}
     val = {k: features_of(extractor, v, input_hw, desc=f"val {k}") for k, v in val_images.items()}
     params = fit_params(fit, val, feature_sha(predictor.weights_dir, predictor), config)
-    net, val_device = None, {}
-    if config.net is not None:
-        net, params.net_min_probability, val_device = fit_net(fit_images, val_images, config)
+    val_device = {}
+    if config.net is None:
+        net = None
+    else:
+        net = net if net is not None else train_device_net(fit_images, config)
+        params.net_min_probability, val_device = net_threshold(net, val_images, config)
         params.net = dataclasses.asdict(config.net)
     shares = {f"val {k}": refused_share(params, v, val_device.get(k)) for k, v in val.items()}
     params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}

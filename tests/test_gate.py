@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -284,6 +285,34 @@ def test_device_net_learns_to_tell_the_kinds_apart():
     net = gate_net.train_net(images, labels, groups, config, progress=False)
     held_out = gate_net.probabilities(net, np.concatenate([_device_like(rng, 20, True), _device_like(rng, 20, False)]))
     assert held_out[:20].mean() > 0.7 and held_out[20:].mean() < 0.3
+
+
+def test_device_net_flip_views_make_its_verdict_orientation_free():
+    from derm import gate_net
+
+    rng = np.random.default_rng(8)
+    net = gate_net.DeviceNet(8).eval()
+    with torch.no_grad():
+        net.head.weight.mul_(300)  # an untrained net says ~0.5 for anything: spread its verdicts
+    images = _device_like(rng, 6, True)
+    with_flips = gate_net.probabilities(net, images, flips=True)
+    for flipped in (images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]):
+        assert gate_net.probabilities(net, np.ascontiguousarray(flipped), flips=True) == pytest.approx(with_flips, abs=2e-6)
+    plain = gate_net.probabilities(net, images)
+    mirrored = gate_net.probabilities(net, np.ascontiguousarray(images[:, :, ::-1]))
+    assert np.abs(plain - mirrored).max() > 2e-5  # one view alone does depend on orientation
+
+
+def test_fit_gate_keep_net_needs_a_gate_with_a_network(tiny_weights, tmp_path, capsys):
+    import shutil
+
+    from derm.cli import main
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    (weights / "gate.json").unlink(missing_ok=True)
+    assert main(["fit-gate", "--keep-net", "--weights", str(weights)]) == 2
+    assert "gate.json" in capsys.readouterr().err
 
 
 def test_group_weights_give_each_source_an_equal_part_of_its_class():
