@@ -137,3 +137,17 @@ def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
 def uint8_to_float(batch_hwc: torch.Tensor) -> torch.Tensor:
     """N x H x W x 3 uint8 -> N x 3 x H x W float in [0, 1]."""
     return batch_hwc.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+TTA_VIEWS = ("identity", "hflip", "vflip", "rot180")  # dermoscopy has no canonical orientation
+
+
+def view(x: torch.Tensor, name: str) -> torch.Tensor:
+    """One test-time view of an N x C x H x W batch (each is its own inverse)."""
+    if name == "hflip":
+        return x.flip(-1)
+    if name == "vflip":
+        return x.flip(-2)
+    if name == "rot180":
+        return x.flip(-1, -2)
+    return x

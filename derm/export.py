@@ -19,12 +19,13 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from derm import data, runs
+from derm.augment import TTA_VIEWS
 from derm.classes import CLASSES
 from derm.evaluate import (classifier_probabilities, full_resolution_scores, load_checkpoint_model,
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.maskclean import CHOSEN as CHOSEN_CLEANING
-from derm.pipeline import TTA_VIEWS, Predictor, combine, temper
+from derm.pipeline import Predictor, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 

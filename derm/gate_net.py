@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from derm.augment import AugmentPolicy, augment_batch, uint8_to_float
+from derm.augment import TTA_VIEWS, AugmentPolicy, augment_batch, uint8_to_float, view
 
 NET_FILE = "gate_net.safetensors"
 # the device's look is in texture and illumination, not in colour balance: jitter colour hard
@@ -91,18 +91,15 @@ def device_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-FLIPS = ((), (-1,), (-2,), (-1, -2))  # identity, horizontal, vertical, both: a dermatoscope has no "up"
-
-
 @torch.no_grad()
 def probabilities(model: DeviceNet, images: np.ndarray, flips: bool = False, batch_size: int = 64) -> np.ndarray:
     """P(dermatoscopic) for N x S x S x 3 uint8 inputs; with `flips`, from the mean logit of 4 views."""
     model.eval()
-    views = FLIPS if flips else FLIPS[:1]
+    views = TTA_VIEWS if flips else TTA_VIEWS[:1]  # a dermatoscope has no "up"
     out = []
     for i in range(0, len(images), batch_size):
         x = standardise(to_tensor(images[i:i + batch_size]))
-        logits = torch.stack([model(x.flip(dims) if dims else x) for dims in views]).mean(0)
+        logits = torch.stack([model(view(x, name)) for name in views]).mean(0)
         out.append(torch.sigmoid(logits).numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from derm import lesion
-from derm.augment import normalize
+from derm.augment import normalize, view
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
 from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_net, load_params_for
@@ -25,7 +25,6 @@ from derm.maskclean import clean as clean_mask
 from derm.precision import cpu_has_fast_bf16
 from derm.weights import default_weights_dir, load_model, read_manifest
 
-TTA_VIEWS = ("identity", "hflip", "vflip", "rot180")  # dermoscopy has no canonical orientation
 LOW_CONFIDENCE = 0.5
 MASK_EMPTY, MASK_FULL = 0.01, 0.90
 
@@ -54,16 +53,6 @@ def classifier_input(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return resize_rgb(center_crop_to_aspect(rgb, input_hw[1] / input_hw[0]), input_hw)
 
 
-def _view(x: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "hflip":
-        return x.flip(-1)
-    if name == "vflip":
-        return x.flip(-2)
-    if name == "rot180":
-        return x.flip(-1, -2)
-    return x
-
-
 def _to_tensor(batch_hwc: np.ndarray, norm: dict) -> torch.Tensor:
     x = torch.from_numpy(np.array(batch_hwc)).permute(0, 3, 1, 2).float().div_(255)
     return normalize(x, tuple(norm["mean"]), tuple(norm["std"])).contiguous(memory_format=torch.channels_last)
@@ -89,7 +78,7 @@ class ClassifierModel:
         """Mean softmax over the TTA views, then tempered: p^(1/T), renormalised."""
         views = ("identity", *self.tta) if self.tta else ("identity",)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            probs = torch.stack([self.model(_view(x, v)).float().softmax(1) for v in views]).mean(0)
+            probs = torch.stack([self.model(view(x, v)).float().softmax(1) for v in views]).mean(0)
         return temper(probs.numpy(), self.temperature)
 
     @torch.no_grad()
@@ -135,7 +124,7 @@ class SegmenterModel:
         x = _to_tensor(images, self.normalization)
         views = ("identity", *self.tta) if self.tta else ("identity",)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            probs = torch.stack([_view(torch.sigmoid(self.model(_view(x, v)).float()), v) for v in views]).mean(0)
+            probs = torch.stack([view(torch.sigmoid(self.model(view(x, v)).float()), v) for v in views]).mean(0)
         return probs[:, 0].numpy()
 
     def mask(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
