@@ -25,6 +25,12 @@ class AugmentPolicy:
     saturation: float = 0.1
     hue: float = 0.02  # fraction of a full turn
     skip_classes: tuple[int, ...] = ()  # class indices left untouched (the reference skipped NV)
+    # other devices (issue 11): colour casts, tone curves, softer optics, framing
+    aspect: float = 0.0  # x and y zoomed independently by up to exp(+-aspect) on top of `scale`
+    channel_gain: float = 0.0  # each of R, G, B scaled by exp(U(-g, g)): another camera's white balance
+    gamma: float = 0.0  # tone curve x ** exp(U(-g, g))
+    blur_p: float = 0.0  # share of images softened by a Gaussian blur (sigma 0.4-1.2 px)
+    vignette_p: float = 0.0  # share of images given a dark circular frame, as a dermatoscope's field of view
 
     @property
     def is_identity(self) -> bool:
@@ -41,6 +47,9 @@ POLICIES: dict[str, AugmentPolicy] = {
     # geometry only, for segmentation (colour jitter does not change where the lesion is, but costs)
     "geometric": AugmentPolicy(brightness=0.1, contrast=0.1, saturation=0.0, hue=0.0),
     "flips": AugmentPolicy(True, True, 0.0, (1.0, 1.0), 0.0, 0.0, 0.0, 0.0),
+    # ours plus other devices: wider zoom and aspect, white balance, tone curve, blur, vignettes
+    "device": AugmentPolicy(scale=(0.8, 1.25), brightness=0.2, contrast=0.2, saturation=0.25, hue=0.03,
+                            aspect=0.1, channel_gain=0.25, gamma=0.3, blur_p=0.3, vignette_p=0.2),
     "none": NO_AUGMENT,
 }
 
@@ -60,13 +69,15 @@ def affine_theta(n: int, height: int, width: int, policy: AugmentPolicy,
     scale = _uniform(n, *policy.scale, gen)
     fx = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if policy.hflip else torch.ones(n)
     fy = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if policy.vflip else torch.ones(n)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    stretch = torch.exp(_uniform(n, -policy.aspect, policy.aspect, gen)) if policy.aspect else torch.ones(n)
+    sx, sy = scale * stretch, scale / stretch  # zoom of the output's x and y axes
+    cos, sin = torch.cos(angle), torch.sin(angle)
     half_w, half_h = width / 2.0, height / 2.0
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * fx
-    theta[:, 0, 1] = -sin * fy * half_h / half_w
-    theta[:, 1, 0] = sin * fx * half_w / half_h
-    theta[:, 1, 1] = cos * fy
+    theta[:, 0, 0] = cos * fx / sx
+    theta[:, 0, 1] = -sin * fy * half_h / half_w / sy
+    theta[:, 1, 0] = sin * fx * half_w / half_h / sx
+    theta[:, 1, 1] = cos * fy / sy
     identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     return torch.where(active.view(n, 1, 1), theta, identity)
 
@@ -105,6 +116,51 @@ def colour_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Ten
     return out.clamp_(0, 1)
 
 
+def device_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Tensor,
+                  gen: torch.Generator | None) -> torch.Tensor:
+    """What another dermatoscope and camera change (issue 11): white balance, tone curve, sharpness, frame.
+
+    derm7pt's atlas, for one, is far greener than HAM10000 (mean G 0.70 vs 0.55 at equal R); a model that
+    only saw HAM10000's colours reads such a cast as a diagnosis.
+    """
+    n, _, height, width = images.shape
+    device, on = images.device, active.float()
+    out = images
+    if policy.channel_gain:
+        gains = torch.exp(_uniform(3 * n, -policy.channel_gain, policy.channel_gain, gen)).view(n, 3)
+        out = out * (1 + (gains - 1) * on.view(n, 1)).view(n, 3, 1, 1).to(device)
+    if policy.gamma:
+        gamma = torch.exp(_uniform(n, -policy.gamma, policy.gamma, gen) * on).view(n, 1, 1, 1).to(device)
+        out = out.clamp(1e-4, 1).pow(gamma)
+    if policy.blur_p:
+        chosen = (torch.rand(n, generator=gen) < policy.blur_p) & active
+        if chosen.any():
+            sigma = float(_uniform(1, 0.4, 1.2, gen))  # one sigma per batch: one conv for all chosen images
+            idx = chosen.nonzero().flatten().to(device)
+            out = out.clone()
+            out[idx] = gaussian_blur(out[idx], sigma)
+    if policy.vignette_p:
+        chosen = ((torch.rand(n, generator=gen) < policy.vignette_p) & active).float().view(n, 1, 1, 1)
+        radius = _uniform(n, 0.85, 1.15, gen).view(n, 1, 1)  # in half-diagonals: corners only, up to a rim
+        edge = _uniform(n, 0.02, 0.1, gen).view(n, 1, 1)
+        ys = torch.linspace(-height / 2, height / 2, height).view(1, height, 1)
+        xs = torch.linspace(-width / 2, width / 2, width).view(1, 1, width)
+        r = torch.sqrt(xs ** 2 + ys ** 2) / math.hypot(width / 2, height / 2)
+        keep = torch.sigmoid((radius - r) / edge).unsqueeze(1)  # 1 inside the field of view, ~0 outside
+        out = out * (1 - chosen * (1 - keep)).to(device)
+    return out.clamp_(0, 1)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of an N x 3 x H x W batch (reflect padding keeps the borders' brightness)."""
+    radius = max(1, math.ceil(2 * sigma))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device) ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, -1).repeat(3, 1, 1, 1), groups=3)
+    return F.conv2d(x, taps.view(1, 1, -1, 1).repeat(3, 1, 1, 1), groups=3)
+
+
 def augment_batch(images: torch.Tensor, policy: AugmentPolicy, labels: torch.Tensor | None = None,
                   masks: torch.Tensor | None = None, gen: torch.Generator | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,6 +181,7 @@ def augment_batch(images: torch.Tensor, policy: AugmentPolicy, labels: torch.Ten
     if masks is not None:
         masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="reflection", align_corners=False)
     images = colour_jitter(images, policy, active, gen)
+    images = device_jitter(images, policy, active, gen)
     return images, masks
 
 

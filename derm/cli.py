@@ -22,7 +22,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, help="input height in pixels (classifier default 150)")
     p.add_argument("--width", type=int, help="input width in pixels (classifier default 200)")
     p.add_argument("--sampling", choices=["natural", "sqrt", "balanced", "reference"])
-    p.add_argument("--augment", help="augmentation policy: full, reference, geometric, flips, none")
+    p.add_argument("--augment", help="augmentation policy: full, device (full + other cameras' colour, blur, framing), "
+                   "reference, geometric, flips, none")
     p.add_argument("--epoch-samples", type=int, help="images per epoch (default: the train split's size)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
@@ -307,23 +308,16 @@ def _gate_sources(args: argparse.Namespace):
                        derm7pt=Path(args.derm7pt) if args.derm7pt else defaults.derm7pt)
 
 
-def kept_device_net(weights_dir: Path):
-    """(network, its NetConfig) of the gate in weights_dir, for fit-gate --keep-net."""
-    from derm.gate import GateParams, load_net
-    from derm.gate_net import NetConfig
-
-    params = GateParams.load(weights_dir)
-    if not params.net:
-        raise ValueError(f"{weights_dir} has no device network to keep; run fit-gate without --keep-net")
-    return load_net(params, weights_dir), NetConfig(**params.net)
-
-
 def cmd_fit_gate(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
     from derm.gate_fit import GateFitConfig, fit_gate
     from derm.gate_net import NET_FILE
     from derm.weights import save_state_fp16
 
+    if args.keep_net and args.net_steps:
+        print("derm: --net-steps trains a new device network; --keep-net keeps the shipped one: pick one",
+              file=sys.stderr)
+        return 2
     predictor = _load_predictor(args.weights)
     if predictor is None:
         return 2
@@ -331,11 +325,8 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
     if config.net is not None and args.net_steps:
         config = dataclasses.replace(config, net=dataclasses.replace(config.net, steps=args.net_steps))
     try:
-        kept = kept_device_net(Path(args.weights)) if args.keep_net else None
-        if kept is not None:  # the kept network's own recipe; inference settings (flips) from today's
-            config = dataclasses.replace(config, net=dataclasses.replace(kept[1], flips=config.net.flips))
         params, net, shares = fit_gate(predictor, _gate_sources(args), config, ham_train_limit=args.ham_train_limit,
-                                       net=kept[0] if kept else None)
+                                       keep_net_from=Path(args.weights) if args.keep_net else None)
     except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"derm: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from derm import data, gate_net, negatives
-from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, mahalanobis,
+from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, load_net, mahalanobis,
                        regression_inputs)
 from derm.pipeline import Predictor, classifier_input
 from derm.weights import to_fp16, to_fp32
@@ -297,11 +297,27 @@ def fitting_sets(sources: GateSources, config: GateFitConfig, ham_train_limit: i
     return fit, val, thumbnails
 
 
+def kept_device_net(weights_dir: Path, config: GateFitConfig) -> tuple[nn.Module, GateFitConfig]:
+    """The device network shipped in weights_dir and `config` with that network's recipe, so a refit
+    keeps it untrained-on-again; inference settings (flips) stay today's, which is what is chosen anew."""
+    params = GateParams.load(weights_dir)
+    if not params.net:
+        raise ValueError(f"{weights_dir} has no device network to keep; run fit-gate without --keep-net")
+    flips = (config.net or gate_net.NetConfig()).flips
+    recipe = dataclasses.replace(gate_net.NetConfig(**params.net), flips=flips)
+    return load_net(params, weights_dir), dataclasses.replace(config, net=recipe)
+
+
 def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
-             ham_train_limit: int = 2000, net: nn.Module | None = None) -> tuple[GateParams, nn.Module | None, dict]:
+             ham_train_limit: int = 2000, keep_net_from: Path | None = None
+             ) -> tuple[GateParams, nn.Module | None, dict]:
     """Fit the gate for a Predictor's feature classifier and train its device network, or keep the
-    given `net` (trained with config.net) and choose only its threshold again. Returns the parameters,
-    the network (None when config.net is None) and the validation shares refused."""
+    network shipped in `keep_net_from` and choose only its threshold again (cheap after a ResNet18
+    re-ship). Returns the parameters, the network (None when config.net is None) and the validation
+    shares refused."""
+    net = None
+    if keep_net_from is not None:
+        net, config = kept_device_net(Path(keep_net_from), config)
     extractor = gate_extractor(predictor)
     input_hw = predictor.classifiers[FEATURE_MODEL].input_hw
     fit_images, val_images, _ = fitting_sets(sources, config, ham_train_limit)

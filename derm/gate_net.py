@@ -25,8 +25,10 @@ from derm.augment import TTA_VIEWS, AugmentPolicy, augment_batch, uint8_to_float
 
 NET_FILE = "gate_net.safetensors"
 # the device's look is in texture and illumination, not in colour balance: jitter colour hard
+# (the shipped network was trained with the same gains, gamma and blur share, drawn linearly and with a
+# 3x3 box blur, before they moved into derm.augment)
 DEVICE_AUGMENT = AugmentPolicy(rotation_deg=180.0, scale=(0.8, 1.3), brightness=0.25, contrast=0.25,
-                               saturation=0.3, hue=0.04)
+                               saturation=0.3, hue=0.04, channel_gain=0.15, gamma=0.3, blur_p=0.3)
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,6 @@ def standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.25
 
 
-def device_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per-image channel gains, gamma and an occasional blur: other cameras' colour and sharpness."""
-    n = x.shape[0]
-    gains = 1 + (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.3
-    gamma = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6)
-    x = (x * gains).clamp(0, 1) ** gamma
-    blur = torch.rand(n, generator=gen) < 0.3
-    if blur.any():
-        x[blur] = F.avg_pool2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return x
-
-
 @torch.no_grad()
 def probabilities(model: DeviceNet, images: np.ndarray, flips: bool = False, batch_size: int = 64) -> np.ndarray:
     """P(dermatoscopic) for N x S x S x 3 uint8 inputs; with `flips`, from the mean logit of 4 views."""
@@ -134,7 +124,7 @@ def train_net(images: np.ndarray, labels: np.ndarray, groups: np.ndarray, config
     for _ in steps:
         idx = torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)
         x, _ = augment_batch(to_tensor(images[idx.numpy()]), DEVICE_AUGMENT, gen=gen)
-        x = standardise(device_jitter(x, gen)).contiguous(memory_format=torch.channels_last)
+        x = standardise(x).contiguous(memory_format=torch.channels_last)
         loss = F.binary_cross_entropy_with_logits(model(x), targets[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

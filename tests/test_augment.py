@@ -38,3 +38,39 @@ def test_reference_policy_leaves_nv_untouched():
 def test_colour_jitter_stays_in_range():
     out, _ = augment_batch(torch.rand(6, 3, 16, 16), POLICIES["full"], gen=torch.Generator().manual_seed(0))
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_device_policy_changes_white_balance_per_image():
+    """Each image gets its own colour cast, so the net cannot learn one device's colours as a class cue."""
+    grey = torch.full((16, 3, 12, 16), 0.5)
+    out, _ = augment_batch(grey, POLICIES["device"], gen=torch.Generator().manual_seed(0))
+    channel_ratio = out[:, 1].mean((1, 2)) / out[:, 0].mean((1, 2))  # G / R per image
+    assert channel_ratio.std() > 0.05
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_vignette_darkens_corners_not_centre():
+    policy = AugmentPolicy(False, False, 0.0, (1.0, 1.0), 0, 0, 0, 0, vignette_p=1.0)
+    out, _ = augment_batch(torch.ones(32, 3, 60, 80), policy, gen=torch.Generator().manual_seed(0))
+    assert torch.allclose(out[:, :, 30, 40], torch.ones(32, 3), atol=1e-3)
+    assert (out[:, :, 0, 0] <= out[:, :, 30, 40]).all()
+    assert out[:, :, 0, 0].mean() < 0.7  # most frames reach into the corners
+
+
+def test_blur_keeps_brightness_and_softens_edges():
+    from derm.augment import gaussian_blur
+    edge = torch.zeros(1, 3, 20, 20)
+    edge[..., 10:] = 1.0
+    soft = gaussian_blur(edge, 1.0)
+    assert abs(soft.mean() - edge.mean()) < 1e-3
+    assert 0.05 < soft[0, 0, 5, 10] < 0.95  # the step is now a ramp
+
+
+def test_aspect_zoom_stretches_one_axis_against_the_other():
+    _, masks = blob_batch(n=1)
+    policy = AugmentPolicy(False, False, 0.0, (1.0, 1.0), 0, 0, 0, 0, aspect=0.3)
+    _, out = augment_batch(masks.repeat(4, 3, 1, 1), policy, masks=masks.repeat(4, 1, 1, 1),
+                           gen=torch.Generator().manual_seed(2))
+    widths = out[:, 0].amax(1).sum(-1)  # columns the blob covers
+    heights = out[:, 0].amax(2).sum(-1)
+    assert (widths / heights).std() > 0.05  # the blob's shape differs between images

@@ -14,7 +14,7 @@ import torch
 import pytest
 from PIL import Image
 
-from derm import gate, negatives
+from derm import gate, gate_net, negatives
 from derm.gate import KINDS, GateParams, decide, image_statistics
 from derm.gate_fit import GateFitConfig, case_share, fit_params
 
@@ -313,6 +313,31 @@ def test_fit_gate_keep_net_needs_a_gate_with_a_network(tiny_weights, tmp_path, c
     (weights / "gate.json").unlink(missing_ok=True)
     assert main(["fit-gate", "--keep-net", "--weights", str(weights)]) == 2
     assert "gate.json" in capsys.readouterr().err
+
+
+def test_fit_gate_refuses_net_steps_with_keep_net(capsys):
+    from derm.cli import main
+
+    assert main(["fit-gate", "--keep-net", "--net-steps", "10", "--weights", "weights"]) == 2
+    assert "--keep-net" in capsys.readouterr().err
+
+
+def test_kept_device_net_keeps_its_recipe_and_takes_todays_flips(tmp_path):
+    import dataclasses
+
+    from derm.gate import GateParams
+    from derm.gate_fit import GateFitConfig, kept_device_net
+    from derm.weights import save_state_fp16
+
+    recipe = gate_net.NetConfig(steps=7, width=8, flips=False)
+    save_state_fp16(gate_net.DeviceNet(recipe.width), tmp_path / gate_net.NET_FILE)
+    params = GateParams.load(Path("weights"))
+    params.net = dataclasses.asdict(recipe)
+    params.save(tmp_path)
+    net, config = kept_device_net(tmp_path, GateFitConfig())
+    assert config.net.steps == 7 and config.net.width == 8  # the kept network's own recipe
+    assert config.net.flips is True  # inference setting: today's default
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in gate_net.DeviceNet(recipe.width).parameters())
 
 
 def test_group_weights_give_each_source_an_equal_part_of_its_class():
