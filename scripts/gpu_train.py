@@ -133,6 +133,7 @@ def main() -> None:
     t.add_argument("--probe-images", type=int, default=3072)
     t.add_argument("--epoch-samples", nargs="+", type=int, default=None,
                    help="images per epoch per arch, instead of sizing them from a probe")
+    t.add_argument("--augment", default="full", help="a policy in derm.augment.POLICIES, e.g. device (other cameras)")
     t.add_argument("--limit", type=int, default=0)
     u = sub.add_parser("unpack")
     u.add_argument("--src", type=Path, required=True)
@@ -147,7 +148,7 @@ def main() -> None:
     for i, (arch, seconds) in enumerate(zip(args.archs, args.seconds)):
         started = time.monotonic()
         config = TrainConfig.for_task("classifier", arch, epochs=args.epochs, batch_size=args.batch_size,
-                                      lr=args.lr, limit=args.limit)
+                                      lr=args.lr, augment=args.augment, limit=args.limit)
         if args.epoch_samples:
             config = dataclasses.replace(config, epoch_samples=args.epoch_samples[i])
         else:
