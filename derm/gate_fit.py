@@ -298,8 +298,8 @@ def fitting_sets(sources: GateSources, config: GateFitConfig, ham_train_limit: i
 
 
 def kept_device_net(weights_dir: Path, config: GateFitConfig) -> tuple[nn.Module, GateFitConfig]:
-    """The device network shipped in weights_dir and `config` with that network's recipe, so a refit
-    keeps it untrained-on-again; inference settings (flips) stay today's, which is what is chosen anew."""
+    """The device network shipped in weights_dir, and `config` carrying the recipe that trained it (so
+    gate.json keeps describing the network it ships with); only the inference setting, flips, is today's."""
     params = GateParams.load(weights_dir)
     if not params.net:
         raise ValueError(f"{weights_dir} has no device network to keep; run fit-gate without --keep-net")

@@ -331,7 +331,7 @@ def test_kept_device_net_keeps_its_recipe_and_takes_todays_flips(tmp_path):
 
     recipe = gate_net.NetConfig(steps=7, width=8, flips=False)
     save_state_fp16(gate_net.DeviceNet(recipe.width), tmp_path / gate_net.NET_FILE)
-    params = GateParams.load(Path("weights"))
+    params = GateParams.load(Path(__file__).resolve().parents[1] / "weights")  # the shipped gate, any cwd
     params.net = dataclasses.asdict(recipe)
     params.save(tmp_path)
     net, config = kept_device_net(tmp_path, GateFitConfig())
