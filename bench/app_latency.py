@@ -1,11 +1,13 @@
 """Time to a full Diagnose-page result for a 600x450 upload, once the models are loaded.
 
-    python bench/app_latency.py [--weights weights] [--images 20]
+    python bench/app_latency.py [--weights weights] [--images 20] [--compare OTHER_WEIGHTS]
 
 One result = decode the upload + ensemble (ResNet18 + ResNet50, with the manifest's TTA) + U-Net mask
 + lesion measurements + warnings + domain gate + Grad-CAM for the top class. Measured with bf16
 autocast + channels_last and with plain fp32, interleaved image by image (the app uses bf16 only on
 CPUs with native bf16, derm.precision); prints medians, the ratio and the domain gate's share.
+--compare times another weights folder (e.g. the previous release) interleaved with these, in the
+precision the app uses here, and prints the ratio of the two.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the app uses 1, see app_components)")
+    parser.add_argument("--compare", default=None, help="another weights folder, timed interleaved with --weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     uploads = [p.read_bytes() for p in sorted((resolve_data_dir() / "originals").glob("*.jpg"))[:args.images]]
     predictors = {"bf16": Predictor(args.weights, bf16=True), "fp32": Predictor(args.weights, bf16=False)}
+    if args.compare:
+        predictors["compare"] = Predictor(args.compare, bf16=cpu_has_fast_bf16())
     for predictor in predictors.values():  # warm-up
         full_result(predictor, uploads[0])
     times: dict[str, list[dict[str, float]]] = {name: [] for name in predictors}
@@ -57,8 +62,12 @@ def main() -> None:
     for name, records in times.items():
         medians[name] = {k: statistics.median(r[k] for r in records) for k in records[0]}
         print(f"{name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians[name].items()))
+    app = "bf16" if cpu_has_fast_bf16() else "fp32"
     print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x "
-          f"(the app uses {'bf16' if cpu_has_fast_bf16() else 'fp32'} on this CPU: derm.precision)")
+          f"(the app uses {app} on this CPU: derm.precision)")
+    if args.compare:
+        print(f"{args.weights or 'weights'} / {args.compare} total time, {app}: "
+              f"{medians[app]['total'] / medians['compare']['total']:.2f}x")
     for name, m in medians.items():
         print(f"{name}: the domain gate is {m['gate'] / m['total']:.1%} of the total "
               f"(a full result takes {m['total'] / (m['total'] - m['gate']):.3f}x as long as without it)")

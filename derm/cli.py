@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from derm import runs
+from derm.colour import METHODS as COLOUR_METHODS
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampling", choices=["natural", "sqrt", "balanced", "reference"])
     p.add_argument("--augment", help="augmentation policy: full, device (full + other cameras' colour, blur, framing), "
                    "reference, geometric, flips, none")
+    p.add_argument("--colour", choices=COLOUR_METHODS, help="classifier: colour constancy after augmentation and "
+                   "in the app (default none; shades_of_gray divides out each image's illuminant)")
     p.add_argument("--epoch-samples", type=int, help="images per epoch (default: the train split's size)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
@@ -55,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig.for_task(
             args.task, args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, height=args.height, width=args.width, sampling=args.sampling,
-            augment=args.augment, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
+            augment=args.augment, colour=args.colour, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
             precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
             extra_masks=args.extra_masks,
             limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init)
@@ -168,12 +171,12 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_segment)
 
 
-def _load_predictor(weights: str | None):
+def _load_predictor(weights: str | None, load_gate: bool = True):
     from derm.pipeline import Predictor
     from derm.weights import WeightsNotFoundError
 
     try:
-        return Predictor(weights)
+        return Predictor(weights, load_gate=load_gate)
     except (WeightsNotFoundError, ValueError, KeyError) as exc:
         print(f"derm: cannot load weights: {exc}", file=sys.stderr)
         return None
@@ -318,7 +321,7 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         print("derm: --net-steps trains a new device network; --keep-net keeps the shipped one: pick one",
               file=sys.stderr)
         return 2
-    predictor = _load_predictor(args.weights)
+    predictor = _load_predictor(args.weights, load_gate=False)  # the gate on disk may be stale: it is refitted
     if predictor is None:
         return 2
     config = GateFitConfig(net=None) if args.no_net else GateFitConfig()

@@ -83,7 +83,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", limit: int = 0) -> di
                   "resolution": list(MASK_HW), **segmentation_report(dice, iou)}
         pd.DataFrame({"image_id": part["image_id"], "dice": dice, "iou": iou}).to_csv(out_dir / "predictions.csv", index=False)
     else:
-        clf = ClassifierModel(config["arch"], model, size, config["normalization"])
+        clf = ClassifierModel(config["arch"], model, size, config["normalization"], colour=config.get("colour", "none"))
         probs = classifier_probabilities(clf, images)
         report = {"split": split, "run": run_dir.name, "best_epoch": config["best_epoch"],
                   **classification_report(part["label_idx"].values, probs)}

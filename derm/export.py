@@ -50,6 +50,7 @@ def training_record(run_dir: Path, config: dict) -> dict:
     if earlier is not None and str(config["init"]).endswith(".safetensors"):
         config = {**config, "init": f"runs/{earlier['run']}"}  # shipped weights are that run's best, in fp16
     record = {"run": Path(run_dir).name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
+              "epochs_run": len(metrics),  # fewer than planned when a run was stopped (e.g. at a GPU's time limit)
               "seconds": round(sum(m["seconds"] for m in metrics), 1),
               "device": runs.read_status(run_dir).get("device", "CPU"),  # runs from before it was recorded ran here
               "command": command_for(config), "code_version": config.get("code_version") or code_version()}
@@ -120,7 +121,8 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
         save_state_fp16(model, out / f"{name}.safetensors")
         manifest["models"][name] = {"arch": config["arch"], "file": f"{name}.safetensors",
                                     "input_hw": [config["height"], config["width"]],
-                                    "normalization": config["normalization"], "temperature": 1.0, "tta": [],
+                                    "normalization": config["normalization"],
+                                    "colour": config.get("colour", "none"), "temperature": 1.0, "tta": [],
                                     "training": record}
         counts = counts or train_class_counts(config)
     if unet_run is not None:

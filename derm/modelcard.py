@@ -120,10 +120,25 @@ def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
 
 
 def trained_for(training: dict) -> str:
-    """'16 epochs', or '8 + 5 epochs (warm restart)' for a run started from another run's weights."""
-    if training.get("epochs_before"):
-        return f"{training['epochs_before']} + {training['epochs']} epochs (warm restart)"
-    return f"{training['epochs']} epochs"
+    """'16 epochs'; '8 + 5 epochs (warm restart)' for a run started from another run's weights;
+    '25 of 30 epochs (stopped)' for a run that ended before its schedule did."""
+    planned = training["epochs"]
+    done = training.get("epochs_run", planned)
+    epochs = f"{done} of {planned} epochs" if done < planned else f"{planned} epochs"
+    notes = [n for n, applies in (("warm restart", training.get("epochs_before")), ("stopped", done < planned)) if applies]
+    before = f"{training['epochs_before']} + " if training.get("epochs_before") else ""
+    return before + epochs + (f" ({', '.join(notes)})" if notes else "")
+
+
+def colour_lines(manifest: dict) -> list[str]:
+    """Which classifiers see images after colour constancy (derm/colour.py), in training and in the app."""
+    corrected = [n for n, e in manifest["models"].items() if e.get("colour", "none") != "none"]
+    if not corrected:
+        return []
+    methods = sorted({manifest["models"][n]["colour"].replace("_", " ") for n in corrected})
+    return [f"{' and '.join(corrected)} see every image after colour constancy ({', '.join(methods)}: each image's "
+            "illuminant divided out, `derm/colour.py`), after augmentation in training and before the network in "
+            "the app, so another camera's white balance gives them the same input.", ""]
 
 
 GATE_SETS = {
@@ -269,7 +284,7 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
     lines += ["", "All trained from scratch (random initialisation; no pretrained weights) on the lesion-grouped "
               "train split with bf16 autocast: on this project's 2-core CPU, or, where the table names a GPU, on "
               "one lent for minutes through `scripts/gpu_train.py` (the same training loop; the command runs "
-              "anywhere). Normalisation statistics from the train split.", "",
+              "anywhere). Normalisation statistics from the train split.", "", *colour_lines(manifest),
               "## Data and split", "",
               "HAM10000 (10,015 dermatoscopic images, 7,470 lesions, 200x150 px). Split 80/10/10 by `lesion_id` "
               "(no lesion in two splits), stratified by class (`sklearn.model_selection.StratifiedGroupKFold`, seed 0): "

@@ -16,6 +16,7 @@ from torch import nn
 
 from derm import lesion
 from derm.augment import normalize, view
+from derm.colour import apply_constancy
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
 from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_net, load_params_for
@@ -53,8 +54,8 @@ def classifier_input(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return resize_rgb(center_crop_to_aspect(rgb, input_hw[1] / input_hw[0]), input_hw)
 
 
-def _to_tensor(batch_hwc: np.ndarray, norm: dict) -> torch.Tensor:
-    x = torch.from_numpy(np.array(batch_hwc)).permute(0, 3, 1, 2).float().div_(255)
+def _to_tensor(batch_hwc: np.ndarray, norm: dict, colour: str = "none") -> torch.Tensor:
+    x = apply_constancy(torch.from_numpy(np.array(batch_hwc)).permute(0, 3, 1, 2).float().div_(255), colour)
     return normalize(x, tuple(norm["mean"]), tuple(norm["std"])).contiguous(memory_format=torch.channels_last)
 
 
@@ -69,9 +70,11 @@ class ClassifierModel:
     temperature: float = 1.0
     tta: tuple[str, ...] = ()
     bf16: bool = True  # bf16 autocast: ~1.6x faster on CPUs with native bf16 (derm.precision)
+    colour: str = "none"  # the colour constancy it was trained with (derm.colour)
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
-        return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization)
+        return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization,
+                          self.colour)
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
@@ -166,7 +169,9 @@ class Predictor:
     """Loads the shipped weights once; safe to share between app sessions: every use of the
     classifiers takes one lock, since Grad-CAM's hooks would otherwise record another session's pass."""
 
-    def __init__(self, weights_dir: str | Path | None = None, bf16: bool | None = None):
+    def __init__(self, weights_dir: str | Path | None = None, bf16: bool | None = None, load_gate: bool = True):
+        """load_gate=False leaves the domain gate out: for refitting it after the ResNet18 changed, when
+        the gate on disk no longer matches and would be refused."""
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         bf16 = cpu_has_fast_bf16() if bf16 is None else bf16  # None: wherever it is native
         self.manifest = read_manifest(self.weights_dir)
@@ -178,7 +183,7 @@ class Predictor:
                 continue
             self.classifiers[name] = ClassifierModel(
                 name, load_model(entry, self.weights_dir), tuple(entry["input_hw"]), entry["normalization"],
-                entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16)
+                entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"))
         ens = self.manifest["ensemble"]
         self.routing: dict[str, str] = ens["routing"]
         counts = np.array([ens["train_class_counts"][c] for c in CLASSES], dtype=float)
@@ -190,7 +195,7 @@ class Predictor:
                                         seg["normalization"], seg.get("threshold", 0.5),
                                         tuple(seg.get("tta", ())), bf16,
                                         CleanConfig.from_dict(seg.get("cleaning"))) if seg else None
-        self.gate = self._load_gate()
+        self.gate = self._load_gate() if load_gate else None
         self._lock = threading.RLock()
 
     def _load_gate(self) -> DomainGate | None:
@@ -217,7 +222,7 @@ class Predictor:
         per_model = {}
         tensors: dict[tuple, torch.Tensor] = {}
         for name, clf in self.classifiers.items():
-            key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]))
+            key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]), clf.colour)
             if key not in tensors:
                 tensors[key] = clf.tensor(images)
             with self._lock:

@@ -24,6 +24,8 @@ from derm import data, distributed, runs, weights
 from derm.precision import cpu_has_fast_bf16
 from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
 from derm.classes import NUM_CLASSES
+from derm.colour import METHODS as COLOUR_METHODS
+from derm.colour import apply_constancy
 from derm.data import default_split
 from derm.metrics import batch_dice_iou, classification_report, selection_score
 from derm.models import CLASSIFIER_ARCHS, build_model
@@ -32,7 +34,7 @@ SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
 SEGMENTER_SOURCES = ("ham10000", "extra")  # the segmenter's label: where an image and its mask come from
 # TrainConfig fields that `python -m derm train` takes as --flag value: the recipe, then where it runs
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-                 "epoch_samples", "label_smoothing", "unet_width", "extra_masks", "seed", "init")
+                 "colour", "epoch_samples", "label_smoothing", "unet_width", "extra_masks", "seed", "init")
 CLI_FIELDS = (*RECIPE_FIELDS, "limit", "threads", "data", "split")
 
 
@@ -50,6 +52,7 @@ class TrainConfig:
     width: int = 200
     sampling: str = "sqrt"  # natural | sqrt | balanced | reference (oversample minorities to NV)
     augment: str = "full"  # a name in derm.augment.POLICIES
+    colour: str = "none"  # colour constancy after augmentation and in the app: a name in derm.colour.METHODS
     epoch_samples: int = 0  # images per epoch; 0 = the train split's size
     label_smoothing: float = 0.1
     precision: str = "bf16"  # bf16 | fp32
@@ -113,6 +116,10 @@ class TrainConfig:
             problems.append(f"sampling must be one of {SAMPLINGS}")
         if self.augment not in POLICIES:
             problems.append(f"augment must be one of {tuple(POLICIES)}")
+        if self.colour not in COLOUR_METHODS:
+            problems.append(f"colour must be one of {COLOUR_METHODS}")
+        if self.colour != "none" and self.task != "classifier":
+            problems.append("colour constancy is for classifiers")
         if self.precision not in ("bf16", "fp32"):
             problems.append("precision must be bf16 or fp32")
         if not 4 <= self.unet_width <= 128:
@@ -204,7 +211,16 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normali
                               torch.from_numpy(np.array(masks)), list(part["image_id"]))
         if config.extra_masks:
             out[name] = concat_splits(out[name], extra_mask_split(config, name))
-    return out, data.channel_stats(out["train"].images.numpy())
+    return out, train_stats(out["train"], config.colour)
+
+
+def train_stats(split: SplitData, colour: str, chunk: int = 512) -> data.Normalization:
+    """Normalisation from the train split as the network sees it: after colour constancy, if any."""
+    if colour == "none":
+        return data.channel_stats(split.images.numpy())
+    corrected = [apply_constancy(uint8_to_float(split.images[s:s + chunk]), colour).mul_(255).round_()
+                 .to(torch.uint8).permute(0, 2, 3, 1) for s in range(0, len(split.images), chunk)]
+    return data.channel_stats(torch.cat(corrected).numpy())
 
 
 def extra_mask_split(config: TrainConfig, split: str) -> SplitData:
@@ -268,6 +284,7 @@ def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: d
     labels = split.labels[idx]
     if train:
         images, masks = augment_batch(images, POLICIES[config.augment], labels=labels, masks=masks, gen=gen)
+    images = apply_constancy(images, config.colour)
     images = normalize(images, norm.mean, norm.std).contiguous(memory_format=torch.channels_last)
     return images, (masks if masks is not None else labels)
 

@@ -70,7 +70,8 @@ def manifest_entry_for_file(path: Path) -> dict:
 
 def shipped_config(path: Path) -> dict:
     """What a shipped weights file was trained as, in a run's config.json terms (task, arch, input
-    size, U-Net width, normalisation, split) plus its training record, from the manifest beside it."""
+    size, U-Net width or colour constancy, normalisation, split) plus its training record, from the manifest
+    beside it."""
     path = Path(path)
     entry = manifest_entry_for_file(path)
     config = {"task": "segmenter" if entry["arch"] == "unet" else "classifier", "arch": entry["arch"],
@@ -78,6 +79,8 @@ def shipped_config(path: Path) -> dict:
               "split": str((path.parent / "split.csv").resolve()), "data": None, "training": entry.get("training", {})}
     if entry["arch"] == "unet":
         config["unet_width"] = entry.get("width", 32)
+    else:
+        config["colour"] = entry.get("colour", "none")  # re-exporting keeps the colour step it was trained with
     return config
 
 

@@ -134,6 +134,7 @@ def main() -> None:
     t.add_argument("--epoch-samples", nargs="+", type=int, default=None,
                    help="images per epoch per arch, instead of sizing them from a probe")
     t.add_argument("--augment", default="full", help="a policy in derm.augment.POLICIES, e.g. device (other cameras)")
+    t.add_argument("--colour", default="none", help="colour constancy: a name in derm.colour.METHODS")
     t.add_argument("--limit", type=int, default=0)
     u = sub.add_parser("unpack")
     u.add_argument("--src", type=Path, required=True)
@@ -148,7 +149,9 @@ def main() -> None:
     for i, (arch, seconds) in enumerate(zip(args.archs, args.seconds)):
         started = time.monotonic()
         config = TrainConfig.for_task("classifier", arch, epochs=args.epochs, batch_size=args.batch_size,
-                                      lr=args.lr, augment=args.augment, limit=args.limit)
+                                      lr=args.lr, augment=args.augment, colour=args.colour,
+                                      limit=args.limit)
+        config.validate()
         if args.epoch_samples:
             config = dataclasses.replace(config, epoch_samples=args.epoch_samples[i])
         else:
@@ -156,7 +159,8 @@ def main() -> None:
         left = seconds - (time.monotonic() - started)
         print(f"{arch}: {config.epochs} epochs x {config.epoch_samples} images, deadline "
               f"in {left:.0f} s", flush=True)
-        name = f"{stamp}-{arch}-{config.epochs}x{config.epoch_samples}-gpu"  # two runs of one arch may differ in size
+        recipe = "".join(f"-{v}" for v in (config.augment, config.colour) if v not in ("full", "none"))
+        name = f"{stamp}-{arch}-{config.epochs}x{config.epoch_samples}{recipe}-gpu"  # runs of one arch may differ
         done.append(train_within(config, args.runs / name, left))
         pack(done, args.out)  # after each model, so a later failure still brings the earlier ones back
 

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# The exact commands that trained the shipped models (weights/), one after another on this 2-core CPU,
-# then the export that builds weights/ from them (every choice made on validation) and the model card.
-# The U-Net was trained further with a warm restart (--init: the earlier run's best weights, a fresh
-# optimiser and one-cycle schedule). The ResNet50 was trained on a lent NVIDIA H100 in 3 minutes
-# (`python scripts/gpu_train.py train --archs resnet50 --seconds 290 --epoch-samples 24576`, then
-# `unpack`); the command below is the same run and picks a GPU when there is one. On this CPU it takes
-# about 7 hours (737k images at ~30 img/s); the rest about 1.8 hours.
+# The commands that trained the shipped models (weights/), one after another, then the export that
+# builds weights/ from them (every choice made on validation) and the model card. They pick a GPU when
+# there is one. The U-Net ran on this 2-core CPU, with two warm restarts (--init: the earlier run's
+# best weights, a fresh optimiser and one-cycle schedule), the last one also on isic2018_task1's train
+# masks. Both classifiers ran on a lent NVIDIA H200 with the device augmentation and Shades of Gray
+# colour constancy (`python scripts/gpu_train.py train --archs resnet18 resnet50 --epochs 30
+# --epoch-samples 16384 20480 --seconds 80 170 --augment device --colour shades_of_gray`, then
+# `python -m derm train classifier --resume RUN` until the GPU's time ran out: they stopped after 25
+# and 24 of their 30 epochs; see docs/tried.md); the lines below are the same runs, whole. On a 2-core
+# CPU the classifiers would take a day or more (1.1M images); the U-Net took about 2 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${DERM_RUNS:-runs}
-python -m derm train classifier --arch resnet18 --epochs 30 --run-dir "$R/resnet18"
+python -m derm train classifier --arch resnet18 --epochs 30 --batch-size 128 --epoch-samples 16384 \
+  --augment device --colour shades_of_gray --run-dir "$R/resnet18"
 python -m derm train segmenter --epochs 8 --run-dir "$R/unet-a"
-python -m derm train segmenter --epochs 5 --lr 5e-4 --init "$R/unet-a" --run-dir "$R/unet"
-python -m derm train classifier --arch resnet50 --epochs 30 --batch-size 128 --epoch-samples 24576 \
-  --run-dir "$R/resnet50"
+python -m derm train segmenter --epochs 5 --lr 5e-4 --init "$R/unet-a" --run-dir "$R/unet-b"
+python -m derm train segmenter --epochs 4 --lr 5e-4 --sampling balanced --epoch-samples 2400 \
+  --extra-masks ../shared/isic2018_task1 --init "$R/unet-b" --run-dir "$R/unet"
+python -m derm train classifier --arch resnet50 --epochs 30 --batch-size 128 --epoch-samples 20480 \
+  --augment device --colour shades_of_gray --run-dir "$R/resnet50"
 python -m derm export --resnet18 "$R/resnet18" --resnet50 "$R/resnet50" --unet "$R/unet" --out weights
 python -m derm card

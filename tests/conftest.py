@@ -84,10 +84,12 @@ def tiny_runs(tmp_path_factory, data_dir, fixture_split) -> dict[str, Path]:
     shutil.copyfile(fixture_split, split)
     os.environ["DERM_RUNS"] = str(root)
     out = {}
-    for name, task, arch in (("resnet18", "classifier", "resnet18"), ("resnet50", "classifier", "resnet50"),
-                             ("unet", "segmenter", None)):
+    # the ResNet18 with colour constancy, as shipped, so the export and the app run both kinds of classifier
+    for name, task, arch, colour in (("resnet18", "classifier", "resnet18", "shades_of_gray"),
+                                     ("resnet50", "classifier", "resnet50", "none"), ("unet", "segmenter", None, "none")):
         config = TrainConfig.for_task(task, arch, epochs=1, limit=64, height=TINY_HW[0], width=TINY_HW[1],
-                                      batch_size=16, data=str(data_dir), split=str(split), unet_width=8)
+                                      batch_size=16, data=str(data_dir), split=str(split), unet_width=8,
+                                      colour=colour)
         out[name] = train(config, root / name, progress=False)
     return out
 

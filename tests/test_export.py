@@ -48,6 +48,7 @@ def test_model_card_reports_the_shipped_numbers(tiny_weights):
     assert f"| test | ensemble | {ensemble['accuracy']:.3f} | {ensemble['balanced_accuracy']:.3f} |" in card
     assert "| true \\ predicted | AKIEC" in card and "Tschandl" in card
     assert f"| {metrics['segmenter']['test']['dice']:.3f} |" in card
+    assert "resnet18 see every image after colour constancy (shades of gray" in card  # only the ResNet18 has it
 
 
 def test_training_command_states_only_what_differs_from_the_defaults():
@@ -73,12 +74,13 @@ def test_a_warm_started_model_records_the_whole_training_chain(tiny_runs, tmp_pa
     warm = train(config, tmp_path / "warm", progress=False)
     record = training_record(warm, load_checkpoint_model(warm)[1])
     seconds = [sum(m["seconds"] for m in runs.read_metrics(r)) for r in (source, warm)]
-    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
+    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1 and record["epochs_run"] == 1
     assert abs(record["seconds"] - sum(seconds)) < 0.2
     assert record["command"].endswith(f"--init runs/{source.name}") and "; then " in record["command"]
     from derm.modelcard import trained_for
 
     assert trained_for(record) == "1 + 1 epochs (warm restart)" and trained_for({"epochs": 16}) == "16 epochs"
+    assert trained_for({"epochs": 30, "epochs_run": 25}) == "25 of 30 epochs (stopped)"
 
 
 def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(tiny_weights, tiny_runs, tmp_path):
@@ -101,7 +103,7 @@ def test_a_run_warm_started_from_shipped_weights_records_the_run_they_came_from(
     assert (model.state_dict()[key] - shipped[key].float()).abs().max() < 1e-3  # started from the shipped weights
     assert warm_config["normalization"] == source_config["normalization"]
     record = training_record(warm, warm_config)
-    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1
+    assert record["warm_start_from"] == source.name and record["epochs_before"] == 1 and record["epochs_run"] == 1
     assert record["command"].endswith(f"--init runs/{source.name}")  # the run the shipped file was exported from
 
 

@@ -143,14 +143,15 @@ def test_shipped_gate_accepts_test_split_images(shipped_predictor):
 @pytest.mark.skipif(not (SHARED / "derm7pt" / "clinical").is_dir(), reason="needs ../shared/derm7pt (clinical photos "
                     "and dermoscopic images from another atlas), which cannot be committed")
 def test_shipped_gate_on_other_sources(shipped_predictor):
-    """On the share of derm7pt cases the gate never saw: most clinical photos refused (about 76%
-    measured; the issue's bar of 90% is not reached yet), the dermoscopic images accepted."""
+    """On the share of derm7pt cases the gate never saw: most clinical photos refused (92% of all of
+    them in weights/gate_report.json), the dermoscopic images accepted (4.4% of all 298 refused there).
+    Every third dermoscopic image is about 100: a binomial spread of 2 points, hence the bound of 8%."""
     from derm.gate_fit import folder_paths, read_rgb
 
     clinical = folder_paths(SHARED / "derm7pt" / "clinical", "report")[::2]
     dermoscopic = folder_paths(SHARED / "derm7pt" / "images", "report")[::3]
     assert np.mean(refused(shipped_predictor, [read_rgb(p) for p in clinical])) >= 0.65
-    assert np.mean(refused(shipped_predictor, [read_rgb(p) for p in dermoscopic])) <= 0.05
+    assert np.mean(refused(shipped_predictor, [read_rgb(p) for p in dermoscopic])) <= 0.08
 
 
 # ----------------------------------------------------------------------------- CLI and app
@@ -313,6 +314,20 @@ def test_fit_gate_keep_net_needs_a_gate_with_a_network(tiny_weights, tmp_path, c
     (weights / "gate.json").unlink(missing_ok=True)
     assert main(["fit-gate", "--keep-net", "--weights", str(weights)]) == 2
     assert "gate.json" in capsys.readouterr().err
+
+
+def test_a_stale_gate_is_refused_but_can_be_left_out_to_refit_it(tiny_weights, tmp_path):
+    """After a ResNet18 re-ship the gate on disk was fitted on other features: the app must refuse it,
+    and fit-gate must still load the weights (without the gate) to fit a new one."""
+    from derm.pipeline import Predictor
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    for name in ("gate.json", "gate.safetensors", gate_net.NET_FILE):  # the shipped gate: fitted on another ResNet18
+        shutil.copyfile(SHIPPED / name, weights / name)
+    with pytest.raises(ValueError, match="refit"):
+        Predictor(weights)
+    assert Predictor(weights, load_gate=False).gate is None
 
 
 def test_fit_gate_refuses_net_steps_with_keep_net(capsys):
