@@ -170,10 +170,12 @@ def load_init_weights(model: nn.Module, config: TrainConfig) -> dict:
 
 
 def check_init_matches(config: TrainConfig, source: dict) -> None:
-    """Weights only fit the architecture (and U-Net width) they were trained as."""
-    for key in ("task", "arch", "unet_width"):
+    """Weights only fit the architecture (and U-Net width) they were trained as, and the colour
+    constancy they learnt with: a warm start under another one would quietly see other inputs."""
+    for key in ("task", "arch", "unet_width", "colour"):
         if key in source and source[key] != getattr(config, key):
-            raise ValueError(f"--init checkpoint has {key}={source[key]!r}, this run {getattr(config, key)!r}")
+            hint = "" if key == "task" else f" (pass --{key.replace('_', '-')} {source[key]} to match)"
+            raise ValueError(f"--init checkpoint has {key}={source[key]!r}, this run {getattr(config, key)!r}{hint}")
 
 
 # ----------------------------------------------------------------------------- data in memory

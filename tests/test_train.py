@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -90,6 +91,9 @@ def test_init_from_another_architecture_is_refused(tmp_path, split_file, data_di
     with pytest.raises(ValueError, match="arch"):
         train(config, tmp_path / "bad", progress=False)
     assert runs.read_status(tmp_path / "bad")["state"] == "failed"
+    other_colour = dataclasses.replace(config, arch="resnet18", colour="shades_of_gray")
+    with pytest.raises(ValueError, match="colour='none'"):  # the source ran without colour constancy
+        train(other_colour, tmp_path / "bad-colour", progress=False)
 
 
 def test_sigterm_stops_cleanly_and_keeps_the_checkpoint(tmp_path, split_file, data_dir):
