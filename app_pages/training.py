@@ -16,6 +16,7 @@ import streamlit as st
 import app_components as ui
 from derm import data, jobs, runs
 from derm.augment import POLICIES
+from derm.colour import METHODS as COLOUR_METHODS
 from derm.train import SAMPLINGS, TrainConfig
 
 TASKS = {"Classifier: ResNet18": ("classifier", "resnet18"), "Classifier: ResNet50": ("classifier", "resnet50"),
@@ -47,11 +48,16 @@ def form_config(task: str, arch: str | None) -> tuple[TrainConfig, str, bool]:
                                          "reference: every class oversampled up to the largest")
         augment = row[3].selectbox("Augmentation", list(POLICIES), index=list(POLICIES).index(defaults.augment),
                                    key=f"augment_{task}")
+        colour = defaults.colour
+        if task == "classifier":
+            colour = st.selectbox("Colour constancy", COLOUR_METHODS, index=COLOUR_METHODS.index(defaults.colour),
+                                  key=f"colour_{task}", help="shades_of_gray divides out each image's illuminant, in "
+                                  "training and in the app: for images from other cameras (the shipped classifiers use it)")
         name = st.text_input("Run name (optional)", key=f"name_{task}", placeholder=defaults.arch)
         submitted = st.form_submit_button("Check settings and start", type="primary", icon=":material/play_arrow:")
     config = TrainConfig.for_task(task, arch, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                                   limit=int(limit), height=int(height), width=int(width), sampling=sampling,
-                                  augment=augment)
+                                  augment=augment, colour=colour)
     return config, name, submitted
 
 

@@ -304,7 +304,9 @@ def test_training_without_the_full_dataset_starts_nothing(runs_dir, no_dataset):
 def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir, data_dir, fixture_split, monkeypatch):
     monkeypatch.setenv(data.DATA_ENV, str(data_dir))  # the app launches runs on the default data and split
     monkeypatch.setenv(data.SPLIT_ENV, str(fixture_split))
-    at = submit_run(start_app("app_pages/training.py"), epochs_classifier=1, limit_classifier=32, height_classifier=48,
+    at = start_app("app_pages/training.py")
+    at.selectbox(key="colour_classifier").set_value("shades_of_gray")  # through to the promoted weights and Diagnose
+    at = submit_run(at, epochs_classifier=1, limit_classifier=32, height_classifier=48,
                     width_classifier=64, batch_classifier=16, name_classifier="app test")
     [run_dir] = list(runs_dir.iterdir())
     try:
@@ -316,6 +318,7 @@ def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir, data_dir, fi
     assert status["state"] == "finished", jobs.log_tail(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["epochs"], config["limit"], config["height"], config["width"]) == (1, 32, 48, 64)
+    assert config["colour"] == "shades_of_gray"
 
     at.run()
     table = at.dataframe[0].value.set_index("run")
