@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from derm import lesion
-from derm.augment import normalize, view
+from derm.augment import normalize, uint8_to_float, view
 from derm.colour import apply_constancy
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
@@ -55,7 +55,7 @@ def classifier_input(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
 
 
 def _to_tensor(batch_hwc: np.ndarray, norm: dict, colour: str = "none") -> torch.Tensor:
-    x = apply_constancy(torch.from_numpy(np.array(batch_hwc)).permute(0, 3, 1, 2).float().div_(255), colour)
+    x = apply_constancy(uint8_to_float(torch.from_numpy(np.array(batch_hwc))), colour)
     return normalize(x, tuple(norm["mean"]), tuple(norm["std"])).contiguous(memory_format=torch.channels_last)
 
 
