@@ -2,7 +2,7 @@
 
     python bench/app_latency.py [--weights weights] [--images 20] [--compare OTHER_WEIGHTS]
 
-One result = decode the upload + ensemble (ResNet18 + ResNet50, with the manifest's TTA) + U-Net mask
+One result = decode the upload + ensemble (every member network, with the manifest's TTA) + U-Net mask
 + lesion measurements + warnings + domain gate + Grad-CAM for the top class. Measured with bf16
 autocast + channels_last and with plain fp32, interleaved image by image (the app uses bf16 only on
 CPUs with native bf16, derm.precision); prints medians, the ratio and the domain gate's share.

@@ -105,9 +105,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                        description="Chooses TTA, temperatures, routing and thresholds on validation, "
                                    "then scores val and test once with the shipped code (--val-only: val alone, "
                                    "to compare candidate runs).")
-    p.add_argument("--resnet18", help="run folder of the ResNet18 (answers frequent classes), "
-                   "or shipped weights (weights/resnet18.safetensors) to keep them")
-    p.add_argument("--resnet50", help="run folder or shipped .safetensors of the ResNet50 (answers rare classes)")
+    p.add_argument("--resnet18", nargs="+", metavar="SOURCE",
+                   help="run folder of the ResNet18 (answers frequent classes), or shipped weights "
+                   "(weights/resnet18.safetensors) to keep them; several: the slot's members, averaged "
+                   "(the first is the one the domain gate reads)")
+    p.add_argument("--resnet50", nargs="+", metavar="SOURCE",
+                   help="run folder or shipped .safetensors of the ResNet50 (answers rare classes); several: averaged")
     p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net")
     p.add_argument("--out", default="weights")
     p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
@@ -116,6 +119,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unet-only", action="store_true",
                    help="replace and re-score the U-Net of --out alone; its classifiers, metrics and gate stay")
     p.set_defaults(func=cmd_export)
+
+
+def slot_sources(sources: dict[str, list[str]]) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Model names and ensemble slots from each slot's sources: the first source of a slot takes the
+    slot's name (resnet18), the others are numbered (resnet18_2, resnet18_3)."""
+    classifier_runs: dict[str, Path] = {}
+    members: dict[str, list[str]] = {}
+    for slot, paths in sources.items():
+        for k, path in enumerate(paths):
+            name = slot if k == 0 else f"{slot}_{k + 1}"
+            classifier_runs[name] = Path(path)
+            members.setdefault(slot, []).append(name)
+    return classifier_runs, members
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -133,11 +149,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("derm export: --resnet18 is required (or --unet-only)", file=sys.stderr)
         return 2
 
-    classifier_runs = {"resnet18": Path(args.resnet18)}
-    if args.resnet50:
-        classifier_runs["resnet50"] = Path(args.resnet50)
+    classifier_runs, members = slot_sources({"resnet18": args.resnet18, "resnet50": args.resnet50 or []})
     metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit,
-                     score_test=not args.val_only)
+                     score_test=not args.val_only, members=members)
     for split in metrics["classifiers"]:
         for name, rep in metrics["classifiers"][split].items():
             print(f"{split:5s} {name:9s} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "

@@ -25,7 +25,7 @@ from derm.evaluate import (classifier_probabilities, full_resolution_scores, loa
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.maskclean import CHOSEN as CHOSEN_CLEANING
-from derm.pipeline import Predictor, combine, temper
+from derm.pipeline import Predictor, average_members, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 
@@ -109,9 +109,11 @@ def unet_entry(config: dict, record: dict) -> dict:
             "threshold": 0.5, "tta": [], "training": record}
 
 
-def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None) -> tuple[dict, dict]:
-    """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing); also
-    returns the first classifier's config (its split and data folder), so no model is loaded twice."""
+def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None,
+                          members: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
+    """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing over the
+    slots of `members`, default: each classifier its own slot); also returns the first classifier's
+    config (its split and data folder), so no model is loaded twice."""
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"classes": list(CLASSES), "models": {}, "code_version": code_version()}
     counts, first_config = None, None
@@ -129,8 +131,11 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
         model, config, record = load_source(unet_run)
         save_state_fp16(model, out / "unet.safetensors")
         manifest["models"]["unet"] = unet_entry(config, record)
-    manifest["ensemble"] = {"routing": frequency_routing(counts, list(classifier_runs)),
+    members = members or {name: [name] for name in classifier_runs}
+    manifest["ensemble"] = {"routing": frequency_routing(counts, list(members)),
                             "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
+    if any(len(names) > 1 for names in members.values()):
+        manifest["ensemble"]["members"] = members
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest, first_config
 
@@ -151,11 +156,12 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
 
 
 def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0,
-           score_test: bool = True) -> dict:
+           score_test: bool = True, members: dict[str, list[str]] | None = None) -> dict:
     """Write weights/ and return metrics.json's content. score_test=False compares candidates on
-    validation alone, so the test split is scored once, for the version that ships."""
+    validation alone, so the test split is scored once, for the version that ships. `members` groups
+    classifiers into ensemble slots whose probabilities are averaged (derm.pipeline.average_members)."""
     splits = ("val", "test") if score_test else ("val",)
-    manifest, any_config = write_initial_weights(out, classifier_runs, unet_run)
+    manifest, any_config = write_initial_weights(out, classifier_runs, unet_run, members)
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in splits}
@@ -186,10 +192,11 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
             "val_ece_before": classification_report(y_val, val_probs)["ece"],
             "val_ece_after": classification_report(y_val, probs["val"][name])["ece"]}
 
-    # ensemble: routing validated per class, prior correction chosen on validation
+    # ensemble: each slot the mean of its members, routing validated per class, prior correction chosen on validation
     ens = manifest["ensemble"]
     y = {s: parts[s]["label_idx"].values for s in parts}
-    if len(predictor.classifiers) > 1:
+    member_probs, probs = probs, {s: average_members(probs[s], predictor.members) for s in splits}
+    if len(probs["val"]) > 1:
         ens["routing"], metrics["choices"]["routing"] = validate_routing(ens["routing"], probs["val"], y["val"])
     prior = predictor.prior
     scores = {tau: selection_score(classification_report(y["val"], combine(probs["val"], ens["routing"], prior, tau)))
@@ -208,6 +215,9 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
         metrics["classifiers"][split_name] = {
             **{n: classification_report(y[split_name], p) for n, p in probs[split_name].items()},
             "ensemble": classification_report(y[split_name], combined)}
+        if "members" in ens:  # each member model alone, beside the slots the app shows
+            metrics.setdefault("members", {})[split_name] = {
+                n: classification_report(y[split_name], p) for n, p in member_probs[split_name].items()}
         if split_name == "test":
             frame = predictions_frame(parts["test"], {"ensemble": combined, **probs["test"]})
             frame.to_csv(out / "test_predictions.csv", index=False)

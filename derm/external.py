@@ -101,7 +101,8 @@ def _progress(items, total: int, desc: str, enabled: bool):
 
 def evaluate_classification(predictor: Predictor, images_dir: str | Path, table: pd.DataFrame, batch_size: int = 16,
                             progress: bool = True) -> tuple[dict, pd.DataFrame]:
-    """Per model and ensemble: present_classes_report, plus a per-image predictions frame."""
+    """Per slot (resnet18, resnet50: what the app shows) and ensemble, and for slots of several models
+    each member alone ("members"): present_classes_report, plus a per-image predictions frame."""
     images_dir = Path(images_dir)
     if "dx" not in table.columns:
         raise ValueError("classification needs a dx column in the labels CSV")
@@ -109,15 +110,19 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     skipped: list[str] = []
     ids: list[str] = []
     ensemble: list[np.ndarray] = []
-    per_model: dict[str, list[np.ndarray]] = {name: [] for name in predictor.classifiers}
+    per_slot: dict[str, list[np.ndarray]] = {name: [] for name in predictor.members}
+    per_member: dict[str, list[np.ndarray]] = {name: [] for name in predictor.classifiers}
     batch: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
-        combined, probs = predictor.classify([rgb for _, rgb in batch])
+        members = predictor.model_probabilities([rgb for _, rgb in batch])
+        combined, slots = predictor.ensemble(members)
         ids.extend(i for i, _ in batch)
         ensemble.append(combined)
-        for name, p in probs.items():
-            per_model[name].append(p)
+        for name, p in slots.items():
+            per_slot[name].append(p)
+        for name, p in members.items():
+            per_member[name].append(p)
         batch.clear()
 
     paths = ((i, find_image(images_dir, i)) for i in table["image_id"])
@@ -130,14 +135,17 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     if not ids:
         raise ValueError(f"no readable images in {images_dir} for the {len(table)} rows given")
     y_true = np.array([CLASSES.index(labels[i]) for i in ids])
-    probs = {"ensemble": np.concatenate(ensemble), **{n: np.concatenate(p) for n, p in per_model.items()}}
+    probs = {"ensemble": np.concatenate(ensemble), **{n: np.concatenate(p) for n, p in per_slot.items()}}
     reports = {name: present_classes_report(y_true, p) for name, p in probs.items()}
+    result = {"n": len(ids), "skipped": skipped, "models": reports}
+    if any(len(names) > 1 for names in predictor.members.values()):  # each member alone, beside its slot
+        result["members"] = {n: present_classes_report(y_true, np.concatenate(p)) for n, p in per_member.items()}
     frame = pd.DataFrame({"image_id": ids, "true": [labels[i] for i in ids]})
     for name, p in probs.items():
         frame[f"{name}_pred"] = [CLASSES[k] for k in p.argmax(1)]
         for k, c in enumerate(CLASSES):
             frame[f"{name}_{c}"] = p[:, k].round(6)
-    return {"n": len(ids), "skipped": skipped, "models": reports}, frame
+    return result, frame
 
 
 def _error_shares(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -23,7 +23,7 @@ def _f(value, digits: int = 3) -> str:
 def summary_table(metrics: dict) -> list[str]:
     rows = ["| split | model | accuracy | balanced acc. | macro F1 | macro AUC | ECE |", "|---|---|---|---|---|---|---|"]
     for split in ("val", "test"):
-        for name, rep in metrics["classifiers"][split].items():
+        for name, rep in metrics["classifiers"].get(split, {}).items():
             rows.append(f"| {split} | {name} | {_f(rep['accuracy'])} | {_f(rep['balanced_accuracy'])} | "
                         f"{_f(rep['macro_f1'])} | {_f(rep['macro_auc'])} | {_f(rep['ece'])} |")
     return rows
@@ -119,6 +119,18 @@ def ensemble_verdict(metrics: dict, manifest: dict) -> list[str]:
     return lines
 
 
+def members_lines(metrics: dict, manifest: dict) -> list[str]:
+    """Slots made of several models: who is in each, and how each member does alone (metrics 'members')."""
+    members = {slot: names for slot, names in manifest["ensemble"].get("members", {}).items() if len(names) > 1}
+    if not members:
+        return []
+    lines = ["Ensemble slots of several networks: " + "; ".join(
+        f"**{slot}** is the mean of the tempered probabilities of {' and '.join(names)}" for slot, names in members.items()) +
+        " (`derm.pipeline.average_members`). Routing, the results above and the app's per-model rows are per slot; "
+        "each network alone:", "", *summary_table({"classifiers": metrics.get("members", {})}), ""]
+    return lines
+
+
 def trained_for(training: dict) -> str:
     """'16 epochs'; '8 + 5 epochs (warm restart)' for a run started from another run's weights;
     '25 of 30 epochs (stopped)' for a run that ended before its schedule did."""
@@ -173,7 +185,8 @@ def gate_section(weights_dir: Path) -> list[str]:
     accept = notes.get("config", {}).get("accept_val_share", float("nan"))
     lines = ["## The domain gate: images the models were not made for", "",
              "Before any diagnosis the app asks whether the image is a dermatoscopic image of a skin lesion "
-             "(`derm/gate.py`): a logistic regression over the shipped ResNet18's pooled features and simple "
+             "(`derm/gate.py`): a logistic regression over the pooled features of the shipped `resnet18` network (the "
+             "first of its slot) and simple "
              "image statistics, fitted against clinical photos, everyday photos, screens and blank frames, plus a "
              "Mahalanobis distance from dermatoscopic images and a greyscale rule"
              + ("; beside it, a small network trained for 'taken through a dermatoscope?' (`derm/gate_net.py`; "
@@ -215,8 +228,10 @@ def external_section(weights_dir: Path) -> list[str]:
     sets = json.loads(path.read_text())
     lines = ["## Images from other sources", "",
              "What a user uploads is rarely a HAM10000 image. These sets come from other clinics, cameras and "
-             "mask-drawing habits; none was used to train or choose anything except the mask-cleaning rule, chosen "
-             "on isic2018_task1's *val* split together with HAM10000 val (not on the test rows below). Each is scored "
+             "mask-drawing habits. No classifier trained on any of them; isic2018_task1's *train* split trained the U-Net "
+             "and its *val* split chose the mask-cleaning rule with HAM10000 val; derm7pt's *train* and *valid* splits "
+             "(never its *test* split) helped choose between candidate classifier ensembles (docs/tried.md), so the "
+             "derm7pt rows below, which cover all 987 images, are not fully independent of that choice. Each is scored "
              "through the app's own pipeline (derm.imageio decoding, the same preprocessing, TTA, temperatures, "
              "routing and mask cleaning) by `python -m derm evaluate-set`. Classification metrics average over the "
              "classes present in the set; the label is still the argmax over all 7 classes.", ""]
@@ -224,11 +239,11 @@ def external_section(weights_dir: Path) -> list[str]:
         lines += [f"### {EXTERNAL_TITLES.get(name, name)}", "", f"`{entry.get('command')}`", ""]
         cls = entry.get("classification")
         if cls:
-            models = cls["models"]
+            models = {**cls["models"], **{f"{m} alone": r for m, r in cls.get("members", {}).items()}}
             present = next(iter(models.values()))["classes_present"]
             lines += ["| model | images | accuracy | balanced acc. | macro F1 | macro AUC | melanoma AUC | " +
                       " | ".join(f"recall {c}" for c in present) + " |", "|---" * (7 + len(present)) + "|"]
-            for model in sorted(models, key=lambda m: m == "ensemble"):
+            for model in sorted(models, key=lambda m: (m == "ensemble", m.endswith(" alone"))):
                 rep = models[model]
                 lines.append(f"| {model} | {rep['n']} | {_f(rep['accuracy'])} | {_f(rep['balanced_accuracy'])} | "
                              f"{_f(rep['macro_f1'])} | {_f(rep['macro_auc'])} | {_f(rep['melanoma_auc'])} | " +
@@ -299,6 +314,7 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
               "The reference write-up reported ResNet18 accuracy 0.880 / macro F1 0.70 and ResNet50 0.854 / 0.70 on a "
               "split *by image*, where shots of the same lesion sit in train and test; our split is by lesion, "
               "which is harder and honest.", "",
+              *members_lines(metrics, manifest),
               "Does the ensemble help?", "", *ensemble_verdict(metrics, manifest), "",
               "### Ensemble, test split, per class", "", *per_class_table(test["ensemble"]), "",
               "### Confusion matrices, test split", ""]
@@ -326,7 +342,7 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
                             "bash scripts/train_shipped.sh   # the training runs, the export and this card",
                             "# or, from runs you trained yourself:",
                             "python -m derm export --resnet18 runs/<resnet18 run> --resnet50 runs/<resnet50 run> "
-                            "--unet runs/<unet run>",
+                            "--unet runs/<unet run>   # several runs after --resnet18 or --resnet50: averaged members",
                             "python -m derm card", "```", "",
                             f"Code version of the export: `{manifest.get('code_version')}`.", ""]
     return "\n".join(lines)

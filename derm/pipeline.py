@@ -98,6 +98,25 @@ def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
+def average_members(per_model: dict[str, np.ndarray], members: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Each ensemble slot's probabilities: the mean of its member models' (tempered) probabilities.
+
+    A slot ("resnet18", "resnet50") is what routing names and the app shows; its members are networks
+    of that architecture trained differently (e.g. with and without colour constancy), whose errors
+    differ, so their mean holds up better on both HAM10000 and other clinics' images (docs/tried.md).
+    """
+    return {slot: np.mean([per_model[m] for m in names], axis=0) for slot, names in members.items()}
+
+
+def ensemble_members(manifest: dict) -> dict[str, list[str]]:
+    """The manifest's slots and their member models; without `ensemble.members`, each classifier is
+    its own slot (weights exported before members existed)."""
+    members = manifest["ensemble"].get("members")
+    if members:
+        return {slot: list(names) for slot, names in members.items()}
+    return {name: [name] for name, entry in manifest["models"].items() if entry["arch"] != "unet"}
+
+
 def combine(per_model: dict[str, np.ndarray], routing: dict[str, str], prior: np.ndarray | None = None,
             prior_correction: float = 0.0) -> np.ndarray:
     """The ensemble: each class's score from the model routed to it, renormalised to sum to 1.
@@ -185,6 +204,7 @@ class Predictor:
                 name, load_model(entry, self.weights_dir), tuple(entry["input_hw"]), entry["normalization"],
                 entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"))
         ens = self.manifest["ensemble"]
+        self.members = ensemble_members(self.manifest)
         self.routing: dict[str, str] = ens["routing"]
         counts = np.array([ens["train_class_counts"][c] for c in CLASSES], dtype=float)
         self.prior = counts / counts.sum()
@@ -218,7 +238,17 @@ class Predictor:
     # -- classification
 
     def classify(self, images: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Ensemble probabilities (N x 7) and each model's own, for RGB uint8 images of any size."""
+        """Ensemble probabilities (N x 7) and each slot's own (the mean of its members), for RGB uint8
+        images of any size."""
+        return self.ensemble(self.model_probabilities(images))
+
+    def ensemble(self, per_model: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From every classifier's probabilities: the ensemble's and each slot's (mean of its members)."""
+        slots = average_members(per_model, self.members)
+        return combine(slots, self.routing, self.prior, self.prior_correction), slots
+
+    def model_probabilities(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every classifier's tempered probabilities (N x 7), members of a slot separately."""
         per_model = {}
         tensors: dict[tuple, torch.Tensor] = {}
         for name, clf in self.classifiers.items():
@@ -227,7 +257,7 @@ class Predictor:
                 tensors[key] = clf.tensor(images)
             with self._lock:
                 per_model[name] = clf.probabilities(tensors[key])
-        return combine(per_model, self.routing, self.prior, self.prior_correction), per_model
+        return per_model
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
         """Classify, segment, measure and warn for one RGB uint8 image."""
@@ -284,15 +314,20 @@ class Predictor:
         return self.segmenter.mask(rgb)[0]
 
     def gradcam(self, rgb: np.ndarray, class_name: str, model_name: str | None = None) -> np.ndarray:
-        """Grad-CAM heat map in [0, 1] at the image's size for `class_name`, from the model that
-        supplies that class's score in the ensemble (or `model_name`)."""
+        """Grad-CAM heat map in [0, 1] at the image's size for `class_name`, from the slot that
+        supplies that class's score in the ensemble (or `model_name`, a slot or one model): the mean of
+        its members' maps, rescaled to [0, 1], since the slot's score is the mean of theirs."""
         from derm.explain import gradcam_map
 
-        clf = self.classifiers[model_name or self.routing[class_name]]
-        x = clf.tensor([rgb])
-        with self._lock:
-            heat = gradcam_map(clf.model, x, CLASSES.index(class_name))
-        return heat_to_image(heat, rgb.shape[:2], clf.input_hw)
+        slot = model_name or self.routing[class_name]
+        heats = []
+        for name in self.members.get(slot, [slot]):
+            clf = self.classifiers[name]
+            with self._lock:
+                heat = gradcam_map(clf.model, clf.tensor([rgb]), CLASSES.index(class_name))
+            heats.append(heat_to_image(heat, rgb.shape[:2], clf.input_hw))
+        heat = np.mean(heats, axis=0)
+        return heat / heat.max() if len(heats) > 1 and heat.max() > 0 else heat
 
 
 def heat_to_image(heat: np.ndarray, image_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:

@@ -132,12 +132,15 @@ def segmenter_table(metrics: dict) -> pd.DataFrame:
 
 
 def models_table(manifest: dict) -> pd.DataFrame:
-    """What each shipped network is and how it was made and is used."""
+    """What each shipped network is, which ensemble slot it averages into, and how it was made and is used."""
     rows = []
+    slot_of = {m: slot for slot, names in manifest.get("ensemble", {}).get("members", {}).items() for m in names}
     for name, entry in manifest.get("models", {}).items():
         training = entry.get("training", {})
         rows.append({
-            "model": name, "arch": entry["arch"], "input (h x w)": "x".join(map(str, entry["input_hw"])),
+            "model": name, "slot": slot_of.get(name, name if entry["arch"] != "unet" else None),
+            "arch": entry["arch"], "input (h x w)": "x".join(map(str, entry["input_hw"])),
+            "colour": entry.get("colour"),
             "temperature": entry.get("temperature"), "TTA": ", ".join(entry.get("tta", [])) or "none",
             "threshold": entry.get("threshold"), "best epoch": training.get("best_epoch"),
             "epochs": training.get("epochs"), "training minutes": round(training.get("seconds", 0) / 60, 1),
@@ -147,11 +150,15 @@ def models_table(manifest: dict) -> pd.DataFrame:
 
 
 def routing_table(manifest: dict) -> pd.DataFrame:
-    """Which classifier answers each class in the ensemble, and how common the class was in training."""
+    """Which classifier answers each class in the ensemble (the slot and the networks averaged in it),
+    and how common the class was in training."""
     ensemble = manifest.get("ensemble", {})
     counts = ensemble.get("train_class_counts", {})
     total = sum(counts.values()) or 1
-    return pd.DataFrame([{"class": c, "name": FULL_NAMES[c], "model": ensemble.get("routing", {}).get(c),
+    members = ensemble.get("members", {})
+    routing = ensemble.get("routing", {})
+    return pd.DataFrame([{"class": c, "name": FULL_NAMES[c], "model": routing.get(c),
+                          "networks": " + ".join(members.get(routing.get(c), [routing.get(c) or ""])),
                           "train images": counts.get(c), "share": counts.get(c, 0) / total} for c in CLASSES])
 
 

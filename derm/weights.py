@@ -5,7 +5,9 @@ manifest.json
   models.<name>          arch, file, input_hw, normalization, temperature, tta, (unet) width and
                          threshold, training {command, run, best_epoch, seconds, code_version}
                          (unet) cleaning: derm.maskclean.CleanConfig fields; absent = no cleaning
-  ensemble               routing {class: model}, prior_correction, train_class_counts, ood
+  ensemble               routing {class: slot}, prior_correction, train_class_counts, ood, and
+                         members {slot: [model, ...]} where a slot averages several networks
+                         (absent: each classifier is its own slot, named after it)
 """
 
 from __future__ import annotations

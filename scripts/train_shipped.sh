@@ -7,8 +7,10 @@
 # colour constancy (`python scripts/gpu_train.py train --archs resnet18 resnet50 --epochs 30
 # --epoch-samples 16384 20480 --seconds 80 170 --augment device --colour shades_of_gray`, then
 # `python -m derm train classifier --resume RUN` until the GPU's time ran out: they stopped after 25
-# and 24 of their 30 epochs; see docs/tried.md); the lines below are the same runs, whole. On a 2-core
-# CPU the classifiers would take a day or more (1.1M images); the U-Net took about 2 hours.
+# and 24 of their 30 epochs; see docs/tried.md); the lines below are the same runs, whole. Each
+# ensemble slot also averages the classifier of the release before (no colour step, default
+# augmentation): that ResNet18 trained on this CPU (54 minutes), that ResNet50 on a lent H100. On a
+# 2-core CPU the GPU classifiers would take a day or more (1.1M images); the U-Net took about 2 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${DERM_RUNS:-runs}
@@ -20,5 +22,9 @@ python -m derm train segmenter --epochs 4 --lr 5e-4 --sampling balanced --epoch-
   --extra-masks ../shared/isic2018_task1 --init "$R/unet-b" --run-dir "$R/unet"
 python -m derm train classifier --arch resnet50 --epochs 30 --batch-size 128 --epoch-samples 20480 \
   --augment device --colour shades_of_gray --run-dir "$R/resnet50"
-python -m derm export --resnet18 "$R/resnet18" --resnet50 "$R/resnet50" --unet "$R/unet" --out weights
+python -m derm train classifier --arch resnet18 --epochs 30 --run-dir "$R/resnet18-plain"
+python -m derm train classifier --arch resnet50 --epochs 30 --batch-size 128 --epoch-samples 24576 \
+  --run-dir "$R/resnet50-plain"
+python -m derm export --resnet18 "$R/resnet18" "$R/resnet18-plain" --resnet50 "$R/resnet50" "$R/resnet50-plain" \
+  --unet "$R/unet" --out weights
 python -m derm card

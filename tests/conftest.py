@@ -74,6 +74,9 @@ def original_image(tmp_path_factory, data_dir: Path) -> Path:
     return path
 
 
+TINY_MEMBERS = {"resnet18": ["resnet18", "resnet18_2"], "resnet50": ["resnet50"]}
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, data_dir, fixture_split) -> dict[str, Path]:
     """One-epoch runs of ResNet18, ResNet50 and the U-Net on 64 shipped images at 48x64."""
@@ -84,8 +87,10 @@ def tiny_runs(tmp_path_factory, data_dir, fixture_split) -> dict[str, Path]:
     shutil.copyfile(fixture_split, split)
     os.environ["DERM_RUNS"] = str(root)
     out = {}
-    # the ResNet18 with colour constancy, as shipped, so the export and the app run both kinds of classifier
+    # as shipped: the ResNet18 slot averages a network with colour constancy and one without, so the
+    # export, the app and evaluation run both kinds of classifier and a slot of two members
     for name, task, arch, colour in (("resnet18", "classifier", "resnet18", "shades_of_gray"),
+                                     ("resnet18_plain", "classifier", "resnet18", "none"),
                                      ("resnet50", "classifier", "resnet50", "none"), ("unet", "segmenter", None, "none")):
         config = TrainConfig.for_task(task, arch, epochs=1, limit=64, height=TINY_HW[0], width=TINY_HW[1],
                                       batch_size=16, data=str(data_dir), split=str(split), unet_width=8,
@@ -99,5 +104,7 @@ def tiny_weights(tmp_path_factory, tiny_runs) -> Path:
     from derm.export import export
 
     out = tmp_path_factory.mktemp("weights")
-    export({"resnet18": tiny_runs["resnet18"], "resnet50": tiny_runs["resnet50"]}, tiny_runs["unet"], out, limit=32)
+    classifiers = {"resnet18": tiny_runs["resnet18"], "resnet18_2": tiny_runs["resnet18_plain"],
+                   "resnet50": tiny_runs["resnet50"]}
+    export(classifiers, tiny_runs["unet"], out, limit=32, members=TINY_MEMBERS)
     return out

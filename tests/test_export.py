@@ -7,12 +7,13 @@ import pandas as pd
 
 from derm.classes import CLASSES
 from derm.pipeline import Predictor
+from conftest import TINY_MEMBERS
 
 
 def test_export_writes_the_shipped_contract(tiny_weights):
     names = {p.name for p in tiny_weights.iterdir()}
     assert {"manifest.json", "metrics.json", "split.csv", "test_predictions.csv", "resnet18.safetensors",
-            "resnet50.safetensors", "unet.safetensors"} <= names
+            "resnet18_2.safetensors", "resnet50.safetensors", "unet.safetensors"} <= names
     manifest = json.loads((tiny_weights / "manifest.json").read_text())
     assert manifest["classes"] == list(CLASSES)
     assert set(manifest["ensemble"]["routing"].values()) <= {"resnet18", "resnet50"}
@@ -22,7 +23,8 @@ def test_export_writes_the_shipped_contract(tiny_weights):
         assert entry["training"]["command"].startswith("python -m derm train")
     metrics = json.loads((tiny_weights / "metrics.json").read_text())
     for split in ("val", "test"):
-        assert set(metrics["classifiers"][split]) == {"resnet18", "resnet50", "ensemble"}
+        assert set(metrics["classifiers"][split]) == {"resnet18", "resnet50", "ensemble"}  # the slots the app shows
+        assert set(metrics["members"][split]) == {"resnet18", "resnet18_2", "resnet50"}  # and each network alone
         assert 0 <= metrics["segmenter"][split]["dice"] <= 1
     frame = pd.read_csv(tiny_weights / "test_predictions.csv")
     assert {"image_id", "true", "ensemble_pred", *[f"resnet50_{c}" for c in CLASSES]} <= set(frame.columns)
@@ -49,6 +51,9 @@ def test_model_card_reports_the_shipped_numbers(tiny_weights):
     assert "| true \\ predicted | AKIEC" in card and "Tschandl" in card
     assert f"| {metrics['segmenter']['test']['dice']:.3f} |" in card
     assert "resnet18 see every image after colour constancy (shades of gray" in card  # only the ResNet18 has it
+    assert "**resnet18** is the mean of the tempered probabilities of resnet18 and resnet18_2" in card
+    member = metrics["members"]["test"]["resnet18_2"]
+    assert f"| test | resnet18_2 | {member['accuracy']:.3f} | {member['balanced_accuracy']:.3f} |" in card
 
 
 def test_training_command_states_only_what_differs_from_the_defaults():
@@ -113,16 +118,19 @@ def test_export_from_shipped_weights_reproduces_them(tiny_weights, tmp_path, dat
     monkeypatch.setenv("DERM_DATA", str(data_dir))  # shipped weights name no data folder: the default one is used
 
     out = tmp_path / "again"
-    metrics = export({"resnet18": tiny_weights / "resnet18.safetensors", "resnet50": tiny_weights / "resnet50.safetensors"},
-                     tiny_weights / "unet.safetensors", out, limit=32)
+    metrics = export({name: tiny_weights / f"{name}.safetensors" for name in ("resnet18", "resnet18_2", "resnet50")},
+                     tiny_weights / "unet.safetensors", out, limit=32, members=TINY_MEMBERS)
     before = json.loads((tiny_weights / "manifest.json").read_text())
     after = json.loads((out / "manifest.json").read_text())
-    for name in ("resnet18", "resnet50", "unet"):
+    assert after["ensemble"]["members"] == before["ensemble"]["members"] == TINY_MEMBERS
+    for name in ("resnet18", "resnet18_2", "resnet50", "unet"):
         assert after["models"][name]["training"] == before["models"][name]["training"]
         assert after["models"][name]["normalization"] == before["models"][name]["normalization"]
     shipped = json.loads((tiny_weights / "metrics.json").read_text())
     for name in ("resnet18", "resnet50", "ensemble"):  # the same fp16 weights give the same validation scores
         assert abs(metrics["classifiers"]["val"][name]["macro_auc"] - shipped["classifiers"]["val"][name]["macro_auc"]) < 1e-6
+    for name in ("resnet18", "resnet18_2"):
+        assert abs(metrics["members"]["val"][name]["macro_auc"] - shipped["members"]["val"][name]["macro_auc"]) < 1e-6
     assert abs(metrics["segmenter"]["val"]["dice"] - shipped["segmenter"]["val"]["dice"]) < 1e-6
 
 

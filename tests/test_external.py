@@ -61,7 +61,8 @@ def test_evaluate_set_scores_each_model_over_the_classes_present(tiny_weights, l
     entry = content["mine"]
     assert entry["command"].startswith("python -m derm evaluate-set --images ")
     models = entry["classification"]["models"]
-    assert set(models) == {"ensemble", "resnet18", "resnet50"}
+    assert set(models) == {"ensemble", "resnet18", "resnet50"}  # the slots the app shows
+    assert set(entry["classification"]["members"]) == {"resnet18", "resnet18_2", "resnet50"}  # each network alone
     frame = pd.read_csv(tmp_path / "pred.csv")
     assert len(frame) == 12 and set(frame["true"]) == {"BKL", "MEL", "NV"}
     for name, rep in models.items():
@@ -140,6 +141,8 @@ def test_model_card_shows_other_sources_from_external_json(tiny_weights, labelle
     ens = entry["classification"]["models"]["ensemble"]
     assert "## Images from other sources" in card and f"`{entry['command']}`" in card
     assert f"| ensemble | 12 | {ens['accuracy']:.3f} | {ens['balanced_accuracy']:.3f} | {ens['macro_f1']:.3f} |" in card
+    alone = entry["classification"]["members"]["resnet18_2"]
+    assert f"| resnet18_2 alone | 12 | {alone['accuracy']:.3f} | {alone['balanced_accuracy']:.3f} |" in card
     main(["evaluate-set", "--images", str(mask_folder / "images"), "--masks", str(mask_folder / "masks"),
           "--weights", str(weights), "--out", str(weights / "external.json"), "--name", "isic2018_task1_test"])
     card = render(weights)

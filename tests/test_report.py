@@ -71,8 +71,12 @@ def test_metric_tables_follow_metrics_json(tiny_weights):
     per_class = report.per_class_table(metrics["classifiers"]["test"]["ensemble"])
     assert per_class["total"].sum() == metrics["classifiers"]["test"]["ensemble"]["n"]
     assert set(report.segmenter_table(metrics)["split"]) == {"val", "test"}
-    assert set(report.models_table(manifest)["model"]) == {"resnet18", "resnet50", "unet"}
+    models = report.models_table(manifest).set_index("model")
+    assert set(models.index) == {"resnet18", "resnet18_2", "resnet50", "unet"}
+    assert models.loc["resnet18_2", "slot"] == "resnet18" and models.loc["resnet50", "slot"] == "resnet50"
     routing = report.routing_table(manifest)
+    for _, row in routing.iterrows():  # a class answered by the resnet18 slot is the mean of both ResNet18s
+        assert row["networks"] == ("resnet18 + resnet18_2" if row["model"] == "resnet18" else "resnet50")
     assert routing["share"].sum() == pytest.approx(1.0)
     counts = report.split_counts_table(metrics)
     assert counts.loc["total"].sum() == sum(sum(split.values()) for split in metrics["split_counts"].values())
