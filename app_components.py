@@ -190,7 +190,9 @@ def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     heat = heat_map(predictor, rgb, key, class_name, model_name)
     overlay = overlay_heatmap(rgb, heat, opacity)
     source = model_name or result.source[class_name]
-    st.image(overlay, caption=f"Grad-CAM of {source} for {class_name}: red marks what raised that score",
+    members = predictor.members.get(source, [source])
+    averaged = f" (the mean of {' and '.join(members)})" if len(members) > 1 else ""
+    st.image(overlay, caption=f"Grad-CAM of {source}{averaged} for {class_name}: red marks what raised that score",
              width="stretch")
     return overlay
 
