@@ -25,7 +25,7 @@ from derm.evaluate import (classifier_probabilities, full_resolution_scores, loa
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.maskclean import CHOSEN as CHOSEN_CLEANING
-from derm.pipeline import Predictor, average_members, combine, temper
+from derm.pipeline import Predictor, average_members, averages_networks, combine, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 
@@ -134,7 +134,7 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
     members = members or {name: [name] for name in classifier_runs}
     manifest["ensemble"] = {"routing": frequency_routing(counts, list(members)),
                             "train_class_counts": counts, "prior_correction": 0.0, "ood": None}
-    if any(len(names) > 1 for names in members.values()):
+    if averages_networks(members):
         manifest["ensemble"]["members"] = members
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest, first_config

@@ -27,7 +27,7 @@ from derm.classes import CLASSES
 from derm.imageio import ImageError, load_image
 from derm.maskclean import NONE, clean
 from derm.metrics import batch_dice_iou, present_classes_report, segmentation_report
-from derm.pipeline import Predictor
+from derm.pipeline import Predictor, averages_networks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_PATTERNS = ("{}_segmentation.png", "{}_mask.png", "{}.png")
@@ -138,7 +138,7 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     probs = {"ensemble": np.concatenate(ensemble), **{n: np.concatenate(p) for n, p in per_slot.items()}}
     reports = {name: present_classes_report(y_true, p) for name, p in probs.items()}
     result = {"n": len(ids), "skipped": skipped, "models": reports}
-    if any(len(names) > 1 for names in predictor.members.values()):  # each member alone, beside its slot
+    if averages_networks(predictor.members):  # each member alone, beside its slot
         result["members"] = {n: present_classes_report(y_true, np.concatenate(p)) for n, p in per_member.items()}
     frame = pd.DataFrame({"image_id": ids, "true": [labels[i] for i in ids]})
     for name, p in probs.items():

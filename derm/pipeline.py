@@ -108,6 +108,11 @@ def average_members(per_model: dict[str, np.ndarray], members: dict[str, list[st
     return {slot: np.mean([per_model[m] for m in names], axis=0) for slot, names in members.items()}
 
 
+def averages_networks(members: dict[str, list[str]]) -> bool:
+    """True when some slot averages two or more networks (then each is also reported alone)."""
+    return any(len(names) > 1 for names in members.values())
+
+
 def ensemble_members(manifest: dict) -> dict[str, list[str]]:
     """The manifest's slots and their member models; without `ensemble.members`, each classifier is
     its own slot (weights exported before members existed)."""
