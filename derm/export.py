@@ -32,6 +32,9 @@ from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, s
 FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
 PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+# the U-Net's flip/rotation TTA runs it four times, most of its share of the app's latency: take it only
+# for a real gain in validation Dice (docs/tried.md: a 144x192 U-Net's TTA gained 0.0004 for 1.29x latency)
+SEGMENTER_TTA_MIN_GAIN = 0.001
 
 
 def code_version() -> str:
@@ -265,8 +268,19 @@ def validate_routing(routing: dict[str, str], val_probs: dict[str, np.ndarray], 
     return final, record
 
 
+def choose_segmenter_setting(val_dice: dict[tuple[tuple[str, ...], float], float],
+                             min_tta_gain: float = SEGMENTER_TTA_MIN_GAIN) -> tuple[tuple[str, ...], float]:
+    """(tta, threshold) with the best validation Dice; TTA only if it beats the best without it by
+    `min_tta_gain`."""
+    best = {use_tta: max(((k, d) for k, d in val_dice.items() if bool(k[0]) == use_tta), key=lambda kd: kd[1],
+                         default=(None, -1.0)) for use_tta in (False, True)}
+    (plain, plain_dice), (tta, tta_dice) = best[False], best[True]
+    return tta if tta is not None and (plain is None or tta_dice >= plain_dice + min_tta_gain) else plain
+
+
 def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict) -> tuple[dict, dict]:
-    """U-Net: TTA and threshold chosen on validation Dice; both splits scored at 600x450."""
+    """U-Net: TTA and threshold chosen on validation Dice (TTA only for a real gain, choose_segmenter_setting);
+    both splits scored at 600x450."""
     seg = predictor.segmenter
     images = {s: data.cached_array(list(p["image_path"]), seg.input_hw, "image") for s, p in parts.items()}
     val_masks = data.cached_array(list(parts["val"]["mask_path"]), seg.input_hw, "mask")
@@ -276,7 +290,7 @@ def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry
         prob = segmenter_probabilities(seg, images["val"])
         for t in THRESHOLDS:
             candidates[(tta, t)] = (float(batch_dice_iou(prob >= t, np.asarray(val_masks))[0].mean()), prob)
-    (tta, threshold), _ = max(candidates.items(), key=lambda kv: kv[1][0])
+    tta, threshold = choose_segmenter_setting({k: v[0] for k, v in candidates.items()})
     seg.tta, seg.threshold, seg.cleaning = tta, threshold, CHOSEN_CLEANING
     choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v[0] for k, v in candidates.items()}}
     entry = {**entry, "tta": list(tta), "threshold": threshold, "cleaning": CHOSEN_CLEANING.to_dict()}

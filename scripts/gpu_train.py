@@ -8,6 +8,8 @@ training loop, (2) sizes the one-cycle schedule so the run ends inside its share
 takes like any other run.
 
     python scripts/gpu_train.py train --out OUT --archs resnet18 resnet50 --seconds 150 270
+    python scripts/gpu_train.py train --out OUT --task segmenter --archs unet --seconds 400 \
+        --epoch-samples 4096 --height 144 --width 192 --extra-masks ISIC2018_TASK1 --sampling balanced
     python scripts/gpu_train.py unpack --src OUT --runs runs
 """
 
@@ -119,27 +121,56 @@ def unpack(src: Path, runs_root: Path) -> list[Path]:
     return made
 
 
-def main() -> None:
+def config_from_args(args: argparse.Namespace, arch: str) -> TrainConfig:
+    """The run's config: the task's defaults (derm.train.TrainConfig.for_task) where an option is left out."""
+    config = TrainConfig.for_task(args.task, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                  augment=args.augment, colour=args.colour, limit=args.limit, height=args.height,
+                                  width=args.width, sampling=args.sampling, extra_masks=args.extra_masks,
+                                  seed=args.seed)
+    config.validate()
+    return config
+
+
+def run_name(config: TrainConfig, stamp: str) -> str:
+    """Runs started together differ by recipe, input size (segmenter) or seed, so their names must too."""
+    recipe = "".join(f"-{v}" for v in (config.augment, config.colour) if v not in ("full", "none"))
+    recipe += f"-{config.height}x{config.width}" if config.task == "segmenter" else ""
+    recipe += f"-seed{config.seed}" if config.seed else ""
+    return f"{stamp}-{config.arch}-{config.epochs}x{config.epoch_samples}{recipe}-gpu"
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--runs", type=Path, default=Path("/tmp/derm-runs"))
-    t.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"])
+    t.add_argument("--task", default="classifier", choices=["classifier", "segmenter"])
+    t.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"], help="for the segmenter: unet")
     t.add_argument("--seconds", nargs="+", type=float, default=[150, 270], help="budget per arch, probe included")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--height", type=int, default=None, help="input height (default: the task's)")
+    t.add_argument("--width", type=int, default=None)
+    t.add_argument("--sampling", default=None, help="default: the task's (classifier sqrt, segmenter natural)")
+    t.add_argument("--extra-masks", default=None, help="segmenter: a second mask source (isic2018_task1 layout)")
+    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--probe-images", type=int, default=3072)
     t.add_argument("--epoch-samples", nargs="+", type=int, default=None,
                    help="images per epoch per arch, instead of sizing them from a probe")
-    t.add_argument("--augment", default="full", help="a policy in derm.augment.POLICIES, e.g. device (other cameras)")
+    t.add_argument("--augment", default=None,
+                   help="a policy in derm.augment.POLICIES, e.g. device (other cameras); default: the task's")
     t.add_argument("--colour", default="none", help="colour constancy: a name in derm.colour.METHODS")
     t.add_argument("--limit", type=int, default=0)
     u = sub.add_parser("unpack")
     u.add_argument("--src", type=Path, required=True)
     u.add_argument("--runs", type=Path, default=Path("runs"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.command == "unpack":
         unpack(args.src, args.runs)
         return
@@ -148,10 +179,7 @@ def main() -> None:
     done = []
     for i, (arch, seconds) in enumerate(zip(args.archs, args.seconds)):
         started = time.monotonic()
-        config = TrainConfig.for_task("classifier", arch, epochs=args.epochs, batch_size=args.batch_size,
-                                      lr=args.lr, augment=args.augment, colour=args.colour,
-                                      limit=args.limit)
-        config.validate()
+        config = config_from_args(args, arch)
         if args.epoch_samples:
             config = dataclasses.replace(config, epoch_samples=args.epoch_samples[i])
         else:
@@ -159,9 +187,7 @@ def main() -> None:
         left = seconds - (time.monotonic() - started)
         print(f"{arch}: {config.epochs} epochs x {config.epoch_samples} images, deadline "
               f"in {left:.0f} s", flush=True)
-        recipe = "".join(f"-{v}" for v in (config.augment, config.colour) if v not in ("full", "none"))
-        name = f"{stamp}-{arch}-{config.epochs}x{config.epoch_samples}{recipe}-gpu"  # runs of one arch may differ
-        done.append(train_within(config, args.runs / name, left))
+        done.append(train_within(config, args.runs / run_name(config, stamp), left))
         pack(done, args.out)  # after each model, so a later failure still brings the earlier ones back
 
 

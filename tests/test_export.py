@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from derm.classes import CLASSES
+from derm.export import choose_segmenter_setting
 from derm.pipeline import Predictor
 from conftest import TINY_MEMBERS
 
@@ -151,3 +152,13 @@ def test_unet_only_export_replaces_the_unet_and_keeps_the_rest(tiny_weights, tin
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["unet"]["training"]["run"] == tiny_runs["unet"].name
     assert "cleaning" in manifest["models"]["unet"] and (out / "unet.safetensors").is_file()
+
+
+def test_segmenter_tta_is_taken_only_for_a_real_gain_in_validation_dice():
+    tta = ("hflip", "vflip", "rot180")
+    small_gain = {((), 0.4): 0.930, ((), 0.5): 0.932, (tta, 0.5): 0.9324, (tta, 0.6): 0.931}
+    assert choose_segmenter_setting(small_gain, min_tta_gain=0.001) == ((), 0.5)
+    big_gain = {**small_gain, (tta, 0.6): 0.934}
+    assert choose_segmenter_setting(big_gain, min_tta_gain=0.001) == (tta, 0.6)
+    assert choose_segmenter_setting(small_gain, min_tta_gain=0.0) == (tta, 0.5)
+    assert choose_segmenter_setting({(tta, 0.3): 0.5}) == (tta, 0.3)  # no plain candidate at all

@@ -1,5 +1,6 @@
 """scripts/gpu_train.py: the schedule sizing and the pack that carries trained weights back from a lent GPU."""
 
+import dataclasses
 import importlib.util
 
 import pytest
@@ -56,3 +57,38 @@ def test_probe_reads_the_speed_of_the_second_epoch(tmp_path, data_dir, fixture_s
     speed = gpu_train.probe_speed(config, tmp_path / "runs", images=32)
     records = runs.read_metrics(tmp_path / "runs" / "probe-resnet18")
     assert len(records) == 2 and speed == records[-1]["images_per_s"] > 0
+
+
+def test_segmenter_options_build_a_segmenter_config_with_the_task_defaults_elsewhere(tmp_path):
+    (tmp_path / "split.csv").write_text("image_id,split\n")
+    args = gpu_train.build_parser().parse_args(
+        ["train", "--out", "o", "--task", "segmenter", "--archs", "unet", "--height", "144", "--width", "192",
+         "--extra-masks", str(tmp_path), "--sampling", "balanced", "--batch-size", "32"])
+    config = gpu_train.config_from_args(args, "unet")
+    default = TrainConfig.for_task("segmenter")
+    assert (config.task, config.arch, config.height, config.width) == ("segmenter", "unet", 144, 192)
+    assert (config.extra_masks, config.sampling, config.batch_size) == (str(tmp_path), "balanced", 32)
+    assert (config.augment, config.weight_decay, config.label_smoothing) == (
+        default.augment, default.weight_decay, default.label_smoothing)
+
+
+def test_classifier_options_keep_the_classifier_defaults_and_reject_masks():
+    args = gpu_train.build_parser().parse_args(["train", "--out", "o", "--colour", "shades_of_gray"])
+    config = gpu_train.config_from_args(args, "resnet50")
+    default = TrainConfig.for_task("classifier", "resnet50")
+    assert (config.task, config.arch, config.colour) == ("classifier", "resnet50", "shades_of_gray")
+    assert (config.height, config.width, config.augment, config.sampling) == (
+        default.height, default.width, default.augment, default.sampling)
+    masks = gpu_train.build_parser().parse_args(["train", "--out", "o", "--extra-masks", "x"])
+    with pytest.raises(ValueError, match="extra"):
+        gpu_train.config_from_args(masks, "resnet18")
+
+
+def test_runs_started_together_get_different_names():
+    base = TrainConfig.for_task("classifier", "resnet18", epoch_samples=512, colour="shades_of_gray")
+    unet = TrainConfig.for_task("segmenter", epoch_samples=512, height=144, width=192)
+    names = {gpu_train.run_name(c, "S") for c in (base, dataclasses.replace(base, seed=1),
+                                                  dataclasses.replace(base, augment="device"), unet,
+                                                  dataclasses.replace(unet, height=96, width=128))}
+    assert len(names) == 5
+    assert gpu_train.run_name(base, "S") == "S-resnet18-20x512-shades_of_gray-gpu"

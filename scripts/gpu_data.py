@@ -1,0 +1,96 @@
+"""Pack the training data a lent GPU needs into one file the `device` tool can carry (64 MiB at most).
+
+The train and validation JPEGs of HAM10000 travel as they are. Masks (600x450 PNGs for HAM10000) are
+decoded here at the run's input size with `derm.data.decode_mask` and stored as 1-bit PNGs, which the
+loader reads back unchanged (checked for every mask), so a segmenter trained there sees the same
+targets as one trained here. With --extra-masks, that folder's train and val rows (images as they are,
+masks likewise) join as `data/isic2018/`. Everything goes into one .tgz: thousands of small files would
+count for more than their bytes. The test split never leaves this machine.
+
+    python scripts/gpu_data.py --out data/gpu_data.tgz --mask-size 144 192 --extra-masks ../shared/isic2018_task1
+    # on the GPU: tar xzf data/gpu_data.tgz  (gives data/ham10000/ and data/isic2018/ in the checkout)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tarfile
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
+
+from derm.data import decode_mask, resolve_data_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_sized_mask(job: tuple[str, str, tuple[int, int]]) -> None:
+    """The mask as the loader would decode it at `size`, stored so that it decodes to the same pixels."""
+    source, target, size = job
+    mask = decode_mask(source, size)
+    Image.fromarray(mask * 255).convert("1").save(target, optimize=True)
+    if not np.array_equal(decode_mask(target, size), mask):
+        raise RuntimeError(f"{target} does not decode to the mask of {source}")
+
+
+def stage(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], root: Path) -> list:
+    """Copy the train and val images under root/data/; returns the mask jobs for write_sized_mask."""
+    ham = root / "data" / "ham10000"
+    (ham / "images").mkdir(parents=True)
+    (ham / "masks").mkdir()
+    shutil.copy(data_dir / "HAM10000_metadata.csv", ham)
+    split = pd.read_csv(split_csv)
+    jobs = []
+    for image_id in split.loc[split["split"] != "test", "image_id"]:
+        shutil.copy(data_dir / "images" / f"{image_id}.jpg", ham / "images")
+        jobs.append((str(data_dir / "masks" / f"{image_id}_segmentation.png"),
+                     str(ham / "masks" / f"{image_id}_segmentation.png"), size))
+    if extra is not None:
+        out = root / "data" / "isic2018"
+        (out / "images").mkdir(parents=True)
+        (out / "masks").mkdir()
+        table = pd.read_csv(extra / "split.csv")
+        table = table[table["split"].isin(["train", "val"])]
+        table.to_csv(out / "split.csv", index=False)
+        for image_id in table["image_id"]:
+            shutil.copy(extra / "images" / f"{image_id}.jpg", out / "images")
+            jobs.append((str(extra / "masks" / f"{image_id}_segmentation.png"),
+                         str(out / "masks" / f"{image_id}_segmentation.png"), size))
+    return jobs
+
+
+def pack_data(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], out: Path) -> int:
+    """Write the .tgz; returns the number of masks in it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = stage(data_dir, extra, split_csv, size, Path(tmp))
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(write_sized_mask, jobs, chunksize=200))
+        with tarfile.open(out, "w:gz") as tar:
+            tar.add(Path(tmp) / "data", arcname="data")
+    return len(jobs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "data" / "gpu_data.tgz")
+    parser.add_argument("--data", default=None, help="HAM10000 folder (default: $DERM_DATA or ../shared/ham10000)")
+    parser.add_argument("--split", type=Path, default=REPO / "weights" / "split.csv")
+    parser.add_argument("--mask-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"),
+                        help="the segmenter's input size on the GPU")
+    parser.add_argument("--extra-masks", type=Path, default=None, help="a folder in isic2018_task1's layout")
+    args = parser.parse_args()
+    size = tuple(args.mask_size)
+    masks = pack_data(resolve_data_dir(args.data), args.extra_masks, args.split, size, args.out)
+    print(f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB, {masks} masks at {size[0]}x{size[1]}")
+
+
+if __name__ == "__main__":
+    main()
