@@ -158,16 +158,37 @@ def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[st
     return {c: frequent if counts[c] / total >= FREQUENT_SHARE else rare for c in CLASSES}
 
 
+def shipped_segmenter_scores(source: Path | None, limit: int = 0) -> dict | None:
+    """A shipped U-Net's manifest entry, scores, validation choices and the split they were measured on,
+    when `source` is that U-Net's file beside its manifest and metrics: re-exporting the classifiers alone
+    keeps them (if the split is the same) instead of spending a third of the export re-measuring an
+    unchanged network. Read before the export may overwrite that folder."""
+    if source is None or Path(source).suffix != ".safetensors" or limit:
+        return None
+    folder = Path(source).parent
+    try:
+        entry = json.loads((folder / "manifest.json").read_text())["models"]["unet"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        kept = {"entry": entry, "scores": metrics["segmenter"], "choices": metrics.get("choices", {}).get("unet", {}),
+                "split": (folder / "split.csv").read_bytes()}
+    except (OSError, KeyError, ValueError):
+        return None
+    return kept if entry.get("file") == Path(source).name else None
+
+
 def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, limit: int = 0,
            score_test: bool = True, members: dict[str, list[str]] | None = None) -> dict:
     """Write weights/ and return metrics.json's content. score_test=False compares candidates on
     validation alone, so the test split is scored once, for the version that ships. `members` groups
     classifiers into ensemble slots whose probabilities are averaged (derm.pipeline.average_members)."""
     splits = ("val", "test") if score_test else ("val",)
+    kept_unet = shipped_segmenter_scores(unet_run, limit)
     manifest, any_config = write_initial_weights(out, classifier_runs, unet_run, members)
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in splits}
+    if kept_unet is not None and kept_unet["split"] != (out / "split.csv").read_bytes():
+        kept_unet = None  # measured on another split: score it again
     predictor = Predictor(out)
     metrics: dict = {"classifiers": {}, "choices": {}}
 
@@ -225,7 +246,10 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
             frame = predictions_frame(parts["test"], {"ensemble": combined, **probs["test"]})
             frame.to_csv(out / "test_predictions.csv", index=False)
 
-    if predictor.segmenter is not None:
+    if kept_unet is not None:
+        manifest["models"]["unet"], metrics["choices"]["unet"] = kept_unet["entry"], kept_unet["choices"]
+        metrics["segmenter"] = {s: kept_unet["scores"][s] for s in splits}
+    elif predictor.segmenter is not None:
         metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(predictor, parts, manifest["models"]["unet"],
                                                                              metrics["choices"])
     metrics["split_counts"] = data.split_counts(data.attach_split(data.load_table(any_config.get("data")), out / "split.csv"))

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from derm.classes import CLASSES
 from derm.export import choose_segmenter_setting
@@ -162,3 +163,35 @@ def test_segmenter_tta_is_taken_only_for_a_real_gain_in_validation_dice():
     assert choose_segmenter_setting(big_gain, min_tta_gain=0.001) == (tta, 0.6)
     assert choose_segmenter_setting(small_gain, min_tta_gain=0.0) == (tta, 0.5)
     assert choose_segmenter_setting({(tta, 0.3): 0.5}) == (tta, 0.3)  # no plain candidate at all
+
+
+def test_re_exporting_classifiers_keeps_a_shipped_unets_scores_unless_the_split_changed(
+        tiny_weights, tmp_path, data_dir, monkeypatch):
+    import derm.export as export_module
+
+    monkeypatch.setenv("DERM_DATA", str(data_dir))
+    shipped = copy_of(tiny_weights, tmp_path / "shipped")
+    sources = {name: shipped / f"{name}.safetensors" for name in ("resnet18", "resnet18_2", "resnet50")}
+    before_manifest = json.loads((shipped / "manifest.json").read_text())
+    before = json.loads((shipped / "metrics.json").read_text())
+
+    def no_rescoring(*args, **kwargs):
+        raise AssertionError("the unchanged U-Net was scored again")
+
+    monkeypatch.setattr(export_module, "export_segmenter", no_rescoring)
+    metrics = export_module.export(sources, shipped / "unet.safetensors", shipped, members=TINY_MEMBERS)  # in place
+    assert metrics["segmenter"] == before["segmenter"]
+    assert metrics["choices"]["unet"] == before["choices"]["unet"]
+    assert json.loads((shipped / "manifest.json").read_text())["models"]["unet"] == before_manifest["models"]["unet"]
+
+    moved = copy_of(tiny_weights, tmp_path / "other-split")  # a U-Net scored on another split than this export's
+    split = pd.read_csv(moved / "split.csv")
+    split["split"] = split["split"].replace({"val": "test", "test": "val"})
+    split.to_csv(moved / "split.csv", index=False)
+    with pytest.raises(AssertionError, match="scored again"):
+        export_module.export(sources, moved / "unet.safetensors", tmp_path / "out", members=TINY_MEMBERS)
+
+
+def copy_of(folder, target):
+    shutil.copytree(folder, target)
+    return target
