@@ -145,6 +145,11 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
         frame[f"{name}_pred"] = [CLASSES[k] for k in p.argmax(1)]
         for k, c in enumerate(CLASSES):
             frame[f"{name}_{c}"] = p[:, k].round(6)
+    if "members" in result:  # every network's own probabilities, so other slot combinations can be scored from one run
+        for name, parts in per_member.items():
+            p = np.concatenate(parts)
+            for k, c in enumerate(CLASSES):
+                frame[f"member_{name}_{c}"] = p[:, k].round(6)
     return result, frame
 
 

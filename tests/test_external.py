@@ -74,6 +74,11 @@ def test_evaluate_set_scores_each_model_over_the_classes_present(tiny_weights, l
                                                                       labels=["BKL", "MEL", "NV"], average="macro"))
         probs = frame[[f"{name}_{c}" for c in CLASSES]].to_numpy()
         assert np.allclose(probs.sum(1), 1, atol=1e-4)  # still probabilities over all 7 classes
+    member = {n: frame[[f"member_{n}_{c}" for c in CLASSES]].to_numpy() for n in ("resnet18", "resnet18_2", "resnet50")}
+    slot18 = frame[[f"resnet18_{c}" for c in CLASSES]].to_numpy()  # each network's columns, so other combinations can be scored
+    assert np.allclose(slot18, (member["resnet18"] + member["resnet18_2"]) / 2, atol=1e-5)
+    assert np.allclose(frame[[f"resnet50_{c}" for c in CLASSES]].to_numpy(), member["resnet50"], atol=1e-5)
+    assert not np.allclose(member["resnet18"], member["resnet18_2"], atol=1e-3)
 
 
 def test_evaluate_set_matches_the_app_on_each_image(tiny_weights, labelled_folder, tmp_path):
