@@ -111,7 +111,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    "(the first is the one the domain gate reads)")
     p.add_argument("--resnet50", nargs="+", metavar="SOURCE",
                    help="run folder or shipped .safetensors of the ResNet50 (answers rare classes); several: averaged")
-    p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net (a shipped one beside its metrics.json, scored on the same split, keeps its scores instead of being measured again)")
+    p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net (a shipped one, beside its "
+                   "metrics.json and scored on the same split, keeps its scores instead of being measured again)")
     p.add_argument("--out", default="weights")
     p.add_argument("--limit", type=int, default=0, help="use at most N val/test images (quick checks)")
     p.add_argument("--val-only", action="store_true",

@@ -187,8 +187,9 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in splits}
-    if kept_unet is not None and kept_unet["split"] != (out / "split.csv").read_bytes():
-        kept_unet = None  # measured on another split: score it again
+    if kept_unet is not None and (kept_unet["split"] != (out / "split.csv").read_bytes()
+                                  or not all(s in kept_unet["scores"] for s in splits)):
+        kept_unet = None  # measured on another split, or not on every split this export reports: score it again
     predictor = Predictor(out)
     metrics: dict = {"classifiers": {}, "choices": {}}
 
