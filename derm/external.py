@@ -143,14 +143,16 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     frame = pd.DataFrame({"image_id": ids, "true": [labels[i] for i in ids]})
     for name, p in probs.items():
         frame[f"{name}_pred"] = [CLASSES[k] for k in p.argmax(1)]
-        for k, c in enumerate(CLASSES):
-            frame[f"{name}_{c}"] = p[:, k].round(6)
+        add_probability_columns(frame, name, p)
     if "members" in result:  # every network's own probabilities, so other slot combinations can be scored from one run
         for name, parts in per_member.items():
-            p = np.concatenate(parts)
-            for k, c in enumerate(CLASSES):
-                frame[f"member_{name}_{c}"] = p[:, k].round(6)
+            add_probability_columns(frame, f"member_{name}", np.concatenate(parts))
     return result, frame
+
+
+def add_probability_columns(frame: pd.DataFrame, prefix: str, probs: np.ndarray) -> None:
+    for k, c in enumerate(CLASSES):
+        frame[f"{prefix}_{c}"] = probs[:, k].round(6)
 
 
 def _error_shares(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, no install needed
 
-from derm.data import decode_mask, resolve_data_dir  # noqa: E402
+from derm.data import attach_split, decode_mask, load_table, mask_set_pairs, resolve_data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,27 +43,23 @@ def write_sized_mask(job: tuple[str, str, tuple[int, int]]) -> None:
 
 def stage(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], root: Path) -> list:
     """Copy the train and val images under root/data/; returns the mask jobs for write_sized_mask."""
-    ham = root / "data" / "ham10000"
-    (ham / "images").mkdir(parents=True)
-    (ham / "masks").mkdir()
-    shutil.copy(data_dir / "HAM10000_metadata.csv", ham)
-    split = pd.read_csv(split_csv)
-    jobs = []
-    for image_id in split.loc[split["split"] != "test", "image_id"]:
-        shutil.copy(data_dir / "images" / f"{image_id}.jpg", ham / "images")
-        jobs.append((str(data_dir / "masks" / f"{image_id}_segmentation.png"),
-                     str(ham / "masks" / f"{image_id}_segmentation.png"), size))
+    ham, isic = root / "data" / "ham10000", root / "data" / "isic2018"
+    table = attach_split(load_table(data_dir), split_csv)
+    table = table[table["split"] != "test"]
+    sources = {ham: list(zip(table["image_path"], table["mask_path"]))}
     if extra is not None:
-        out = root / "data" / "isic2018"
-        (out / "images").mkdir(parents=True)
-        (out / "masks").mkdir()
+        sources[isic] = [pair for split in ("train", "val") for pair in zip(*mask_set_pairs(extra, split))]
+    jobs = []
+    for folder, items in sources.items():
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        for image_path, mask_path in items:
+            shutil.copy(image_path, folder / "images")
+            jobs.append((mask_path, str(folder / "masks" / Path(mask_path).name), size))
+    shutil.copy(data_dir / "HAM10000_metadata.csv", ham)
+    if extra is not None:
         table = pd.read_csv(extra / "split.csv")
-        table = table[table["split"].isin(["train", "val"])]
-        table.to_csv(out / "split.csv", index=False)
-        for image_id in table["image_id"]:
-            shutil.copy(extra / "images" / f"{image_id}.jpg", out / "images")
-            jobs.append((str(extra / "masks" / f"{image_id}_segmentation.png"),
-                         str(out / "masks" / f"{image_id}_segmentation.png"), size))
+        table[table["split"].isin(["train", "val"])].to_csv(isic / "split.csv", index=False)
     return jobs
 
 
