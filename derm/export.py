@@ -35,6 +35,10 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # the U-Net's flip/rotation TTA runs it four times, most of its share of the app's latency: take it only
 # for a real gain in validation Dice (docs/tried.md: a 144x192 U-Net's TTA gained 0.0004 for 1.29x latency)
 SEGMENTER_TTA_MIN_GAIN = 0.001
+# the same for each classifier, in validation score (mean of balanced accuracy and macro F1): four views
+# cost four passes; a ResNet50's TTA that gained 0.0005 (less than one melanoma image of 111 moves the
+# score) pushed a full result over the app's latency bar (docs/tried.md)
+CLASSIFIER_TTA_MIN_GAIN = 0.002
 
 
 def code_version() -> str:
@@ -201,7 +205,8 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
         clf.tta = TTA_VIEWS[1:]
         with_tta = classifier_probabilities(clf, images["val"])
         y_val = parts["val"]["label_idx"].values
-        use_tta = selection_score(classification_report(y_val, with_tta)) >= selection_score(classification_report(y_val, plain))
+        use_tta = takes_classifier_tta(selection_score(classification_report(y_val, plain)),
+                                       selection_score(classification_report(y_val, with_tta)))
         clf.tta = TTA_VIEWS[1:] if use_tta else ()
         val_probs = with_tta if use_tta else plain
         clf.temperature = fit_temperature(val_probs, y_val)
@@ -301,6 +306,12 @@ def choose_segmenter_setting(val_dice: dict[tuple[tuple[str, ...], float], float
                          default=(None, -1.0)) for use_tta in (False, True)}
     (plain, plain_dice), (tta, tta_dice) = best[False], best[True]
     return tta if tta is not None and (plain is None or tta_dice >= plain_dice + min_tta_gain) else plain
+
+
+def takes_classifier_tta(plain_score: float, tta_score: float, min_gain: float = CLASSIFIER_TTA_MIN_GAIN) -> bool:
+    """Flipped views for a classifier only when they gain at least min_gain of validation score:
+    each view is another full pass in the app."""
+    return tta_score >= plain_score + min_gain
 
 
 def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict) -> tuple[dict, dict]:

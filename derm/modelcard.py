@@ -13,6 +13,9 @@ from derm.metrics import selection_score
 
 BARS = {"balanced_accuracy": 0.70, "macro_f1": 0.62, "macro_auc": 0.93, "accuracy": 0.75}
 SEG_BARS = {"dice": 0.93, "iou": 0.87}
+# issue 11 asks HAM10000 test to stay at or above these while the models learn other cameras
+HAM_BARS_ISSUE11 = {"balanced_accuracy": 0.72, "macro_f1": 0.68, "macro_auc": 0.94, "accuracy": 0.75}
+SEG_BARS_ISSUE11 = {"dice": 0.93}
 REFERENCE = {"resnet18": {"accuracy": 0.880, "macro_f1": 0.70}, "resnet50": {"accuracy": 0.854, "macro_f1": 0.70}}
 
 
@@ -49,14 +52,14 @@ def confusion_table(report: dict) -> list[str]:
     return rows
 
 
-def bars_table(metrics: dict) -> list[str]:
+def bars_table(metrics: dict, bars: dict = BARS, seg_bars: dict = SEG_BARS) -> list[str]:
     ens = metrics["classifiers"]["test"]["ensemble"]
     rows = ["| metric (test split) | bar | shipped | met? |", "|---|---|---|---|"]
-    for key, bar in BARS.items():
+    for key, bar in bars.items():
         rows.append(f"| ensemble {key.replace('_', ' ')} | ≥ {bar:.2f} | {_f(ens[key])} | {'yes' if ens[key] >= bar else 'no'} |")
     if "segmenter" in metrics:
         seg = metrics["segmenter"]["test"]
-        for key, bar in SEG_BARS.items():
+        for key, bar in seg_bars.items():
             rows.append(f"| U-Net {key} (600x450) | ≥ {bar:.2f} | {_f(seg[key])} | {'yes' if seg[key] >= bar else 'no'} |")
     return rows
 
@@ -207,6 +210,7 @@ def gate_section(weights_dir: Path) -> list[str]:
 EXTERNAL_FILE = "external.json"
 EXTERNAL_TITLES = {
     "derm7pt": "derm7pt: 987 dermoscopic images from the Interactive Atlas of Dermoscopy (6 classes, no AKIEC)",
+    "derm7pt_test": "derm7pt's own test split: its 387 images chose nothing (the same images are among the 987 above)",
     "isic2018_task1_test": "isic2018_task1 test split: 594 ISIC 2018 Task 1 images with expert masks (256x256)",
 }
 # issue 11's bars for images from elsewhere: (set, model or "unet", metric, at least, shown as)
@@ -231,11 +235,14 @@ def external_section(weights_dir: Path) -> list[str]:
              "mask-drawing habits. No classifier trained on any of them; isic2018_task1's *train* split trained the U-Net "
              "and its *val* split chose the mask-cleaning rule with HAM10000 val; derm7pt's *train* and *valid* splits "
              "(never its *test* split) helped choose between candidate classifier ensembles (docs/tried.md), so the "
-             "derm7pt rows below, which cover all 987 images, are not fully independent of that choice. Each is scored "
+             "derm7pt rows below, which cover all 987 images, are not fully independent of that choice; its test split "
+             "alone, where present, is. Each is scored "
              "through the app's own pipeline (derm.imageio decoding, the same preprocessing, TTA, temperatures, "
              "routing and mask cleaning) by `python -m derm evaluate-set`. Classification metrics average over the "
              "classes present in the set; the label is still the argmax over all 7 classes.", ""]
-    for name, entry in sets.items():
+    known_first = sorted(sets, key=lambda n: list(EXTERNAL_TITLES).index(n) if n in EXTERNAL_TITLES else len(EXTERNAL_TITLES))
+    for name in known_first:
+        entry = sets[name]
         lines += [f"### {EXTERNAL_TITLES.get(name, name)}", "", f"`{entry.get('command')}`", ""]
         cls = entry.get("classification")
         if cls:
@@ -311,6 +318,8 @@ def render(weights_dir: Path, tried: list[str] | None = None) -> str:
               "shipped version and chose nothing.", "",
               "## Results", "", *summary_table(metrics), "",
               "Against the bars set for this project (issue 3):", "", *bars_table(metrics), "",
+              "Against the stricter HAM10000 bars of issue 11 (other cameras must not cost HAM10000):", "",
+              *bars_table(metrics, HAM_BARS_ISSUE11, SEG_BARS_ISSUE11), "",
               "The reference write-up reported ResNet18 accuracy 0.880 / macro F1 0.70 and ResNet50 0.854 / 0.70 on a "
               "split *by image*, where shots of the same lesion sit in train and test; our split is by lesion, "
               "which is harder and honest.", "",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from derm.classes import CLASSES
-from derm.export import choose_segmenter_setting
+from derm.export import choose_segmenter_setting, takes_classifier_tta
 from derm.pipeline import Predictor
 from conftest import TINY_MEMBERS
 
@@ -56,6 +56,18 @@ def test_model_card_reports_the_shipped_numbers(tiny_weights):
     assert "**resnet18** is the mean of the tempered probabilities of resnet18 and resnet18_2" in card
     member = metrics["members"]["test"]["resnet18_2"]
     assert f"| test | resnet18_2 | {member['accuracy']:.3f} | {member['balanced_accuracy']:.3f} |" in card
+
+
+def test_bars_table_says_which_bar_is_missed():
+    from derm.modelcard import HAM_BARS_ISSUE11, SEG_BARS_ISSUE11, bars_table
+
+    ensemble = {"balanced_accuracy": 0.71, "macro_f1": 0.69, "macro_auc": 0.95, "accuracy": 0.75}
+    metrics = {"classifiers": {"test": {"ensemble": ensemble}}, "segmenter": {"test": {"dice": 0.929}}}
+    rows = bars_table(metrics, HAM_BARS_ISSUE11, SEG_BARS_ISSUE11)
+    assert "| ensemble balanced accuracy | ≥ 0.72 | 0.710 | no |" in rows
+    assert "| ensemble macro f1 | ≥ 0.68 | 0.690 | yes |" in rows
+    assert "| ensemble accuracy | ≥ 0.75 | 0.750 | yes |" in rows  # at the bar is met
+    assert "| U-Net dice (600x450) | ≥ 0.93 | 0.929 | no |" in rows and len(rows) == 2 + 4 + 1
 
 
 def test_training_command_states_only_what_differs_from_the_defaults():
@@ -195,3 +207,9 @@ def test_re_exporting_classifiers_keeps_a_shipped_unets_scores_unless_the_split_
 def copy_of(folder, target):
     shutil.copytree(folder, target)
     return target
+
+
+def test_a_classifier_takes_tta_only_for_a_real_validation_gain():
+    assert takes_classifier_tta(0.6720, 0.6767, min_gain=0.002)  # +0.0047: four passes pay
+    assert not takes_classifier_tta(0.6357, 0.6362, min_gain=0.002)  # +0.0005: noise, one pass
+    assert not takes_classifier_tta(0.64, 0.63) and takes_classifier_tta(0.64, 0.64, min_gain=0.0)

@@ -157,3 +157,7 @@ def test_model_card_shows_other_sources_from_external_json(tiny_weights, labelle
     assert f"ensemble | 12 | {ens['accuracy']:.3f}" in card  # the first set is still there
     verdict = "yes" if ens["balanced_accuracy"] >= 0.50 else "no"
     assert f"| derm7pt | ensemble balanced accuracy | ≥ 0.50 | {ens['balanced_accuracy']:.3f} | {verdict} |" in card
+    main(["evaluate-set", "--images", str(labelled_folder / "images"), "--labels", str(labelled_folder / "labels.csv"),
+          "--weights", str(weights), "--out", str(weights / "external.json"), "--name", "derm7pt_test"])
+    card = render(weights)  # written last, shown right after the whole set it belongs to
+    assert card.index("### derm7pt: 987") < card.index("### derm7pt's own test split") < card.index("### isic2018_task1")
