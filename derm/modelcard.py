@@ -240,8 +240,8 @@ def external_section(weights_dir: Path) -> list[str]:
              "through the app's own pipeline (derm.imageio decoding, the same preprocessing, TTA, temperatures, "
              "routing and mask cleaning) by `python -m derm evaluate-set`. Classification metrics average over the "
              "classes present in the set; the label is still the argmax over all 7 classes.", ""]
-    known_first = sorted(sets, key=lambda n: list(EXTERNAL_TITLES).index(n) if n in EXTERNAL_TITLES else len(EXTERNAL_TITLES))
-    for name in known_first:
+    order = list(EXTERNAL_TITLES)  # a set's test-only part right after the whole set, unknown sets last
+    for name in sorted(sets, key=lambda n: order.index(n) if n in order else len(order)):
         entry = sets[name]
         lines += [f"### {EXTERNAL_TITLES.get(name, name)}", "", f"`{entry.get('command')}`", ""]
         cls = entry.get("classification")
