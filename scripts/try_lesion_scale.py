@@ -27,6 +27,7 @@ from tqdm import tqdm  # noqa: E402
 
 from derm import data  # noqa: E402
 from derm.classes import CLASSES  # noqa: E402
+from derm.external import find_image, read_table  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.metrics import classification_report, present_classes_report, selection_score  # noqa: E402
 from derm.pipeline import Predictor, center_crop_to_aspect, to_landscape  # noqa: E402
@@ -74,9 +75,8 @@ def validation_items(which: str, derm7pt: Path) -> list[tuple[str, str]]:
         table = data.attach_split(data.load_table(), data.default_split())
         table = table[table["split"] == "val"]
         return list(zip(table["image_path"], table["label"]))
-    table = pd.read_csv(derm7pt / "labels.csv")
-    table = table[table["split"].isin(["train", "valid"])]
-    return [(str(derm7pt / "images" / f"{i}.jpg"), dx.upper()) for i, dx in zip(table["image_id"], table["dx"])]
+    table = pd.concat([read_table(derm7pt / "labels.csv", split) for split in ("train", "valid")])
+    return [(str(find_image(derm7pt / "images", i)), dx) for i, dx in zip(table["image_id"], table["dx"])]
 
 
 def member_probabilities(predictor: Predictor, items: list[tuple[str, str]]
