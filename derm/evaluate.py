@@ -59,7 +59,7 @@ def full_resolution_scores(probs: np.ndarray, mask_paths: list[str], threshold: 
 def load_checkpoint_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     state = torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=False)
     config = state["config"]
-    model = build_model(config["arch"], config.get("unet_width", 32))
+    model = build_model(config["arch"], config.get("unet_width", 32), config.get("encoder", "none"))
     model.load_state_dict(state["model"])
     model.eval()
     return model.to(memory_format=torch.channels_last), {**config, "best_epoch": state["epoch"]}

@@ -111,9 +111,12 @@ def load_source(source: Path) -> tuple[nn.Module, dict, dict]:
 
 def unet_entry(config: dict, record: dict) -> dict:
     """The U-Net's manifest entry before validation chooses its TTA, threshold and cleaning."""
-    return {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
-            "input_hw": [config["height"], config["width"]], "normalization": config["normalization"],
-            "threshold": 0.5, "tta": [], "training": record}
+    entry = {"arch": "unet", "file": "unet.safetensors", "width": config["unet_width"],
+             "input_hw": [config["height"], config["width"]], "normalization": config["normalization"],
+             "threshold": 0.5, "tta": [], "training": record}
+    if config.get("encoder", "none") != "none":  # which ImageNet checkpoint it started from, to the byte
+        entry["encoder"] = config.get("pretrained") or {"name": config["encoder"]}
+    return entry
 
 
 def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None,

@@ -1,4 +1,5 @@
-"""The three networks: torchvision ResNet18/ResNet50 classifiers (from scratch) and a U-Net."""
+"""The networks: torchvision ResNet18/ResNet50 classifiers (from scratch) and a U-Net, whose encoder is
+either its own (from scratch) or an ImageNet-pretrained EfficientNet-Lite (derm.pretrained)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torchvision
 from torch import nn
 
 from derm.classes import NUM_CLASSES
+from derm.pretrained import build_lite
 
 CLASSIFIER_ARCHS = ("resnet18", "resnet50")
 
@@ -82,8 +84,57 @@ class UNet(nn.Module):
         return self.head(y)[..., :height, :width]
 
 
-def build_model(arch: str, unet_width: int = 32) -> nn.Module:
-    return UNet(width=unet_width) if arch == "unet" else build_classifier(arch)
+class LiteUNet(nn.Module):
+    """U-Net on an EfficientNet-Lite encoder: the encoder's features at strides 2, 4, 8 and 16 are the
+    skip connections, its last block (stride 32) the bottleneck; a light decoder (bilinear upsampling +
+    DoubleConv, as in UNet) climbs back to full resolution. Inputs of any size are padded to a multiple
+    of 32. The encoder's 1280-channel head and ImageNet classifier are dropped: a U-Net needs neither.
+    """
+
+    def __init__(self, encoder: str, pretrained: bool = False, decoder: tuple[int, ...] = (128, 64, 48, 32, 16)):
+        super().__init__()
+        lite = build_lite(encoder, pretrained)
+        self.encoder_name = encoder
+        self.stem = nn.Sequential(lite._conv_stem, lite._bn0, lite._swish)
+        self.blocks = lite._blocks
+        # a stage ends before each block that halves the resolution; its output is a skip connection
+        self.skip_before = [i for i, b in enumerate(self.blocks) if b._depthwise_conv.stride[0] == 2]
+        skip_channels = [self.blocks[i]._block_args.input_filters for i in self.skip_before]  # strides 2..16
+        c_in = self.blocks[-1]._block_args.output_filters
+        self.ups = nn.ModuleList()
+        for c_skip, c_out in zip([*reversed(skip_channels), 0], decoder):
+            self.ups.append(DoubleConv(c_in + c_skip, c_out))
+            c_in = c_out
+        self.head = nn.Conv2d(c_in, 1, 1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, skips = self.stem(x), []
+        for i, block in enumerate(self.blocks):
+            if i in self.skip_before:
+                skips.append(x)
+            x = block(x)
+        return x, skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        y, skips = self.encode(x)
+        for up in self.ups:
+            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            y = up(torch.cat([y, skips.pop()], dim=1) if skips else y)
+        return self.head(y)[..., :height, :width]
+
+
+def build_segmenter(unet_width: int = 32, encoder: str = "none", pretrained: bool = False) -> nn.Module:
+    """The U-Net: its own encoder of `unet_width` (from scratch), or an EfficientNet-Lite encoder,
+    ImageNet-pretrained when `pretrained` (training) and random when shipped weights follow (loading)."""
+    return UNet(width=unet_width) if encoder == "none" else LiteUNet(encoder, pretrained)
+
+
+def build_model(arch: str, unet_width: int = 32, encoder: str = "none", pretrained: bool = False) -> nn.Module:
+    return build_segmenter(unet_width, encoder, pretrained) if arch == "unet" else build_classifier(arch)
 
 
 def count_parameters(model: nn.Module) -> int:

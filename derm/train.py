@@ -29,12 +29,13 @@ from derm.colour import apply_constancy
 from derm.data import default_split
 from derm.metrics import batch_dice_iou, classification_report, selection_score
 from derm.models import CLASSIFIER_ARCHS, build_model
+from derm.pretrained import ENCODERS, IMAGENET_NORMALIZATION, weights_record
 
 SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
 SEGMENTER_SOURCES = ("ham10000", "extra")  # the segmenter's label: where an image and its mask come from
 # TrainConfig fields that `python -m derm train` takes as --flag value: the recipe, then where it runs
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-                 "colour", "epoch_samples", "label_smoothing", "unet_width", "extra_masks", "seed", "init")
+                 "colour", "epoch_samples", "label_smoothing", "unet_width", "encoder", "extra_masks", "seed", "init")
 CLI_FIELDS = (*RECIPE_FIELDS, "limit", "threads", "data", "split")
 
 
@@ -56,7 +57,8 @@ class TrainConfig:
     epoch_samples: int = 0  # images per epoch; 0 = the train split's size
     label_smoothing: float = 0.1
     precision: str = "bf16"  # bf16 | fp32
-    unet_width: int = 32
+    unet_width: int = 32  # the from-scratch U-Net (encoder none)
+    encoder: str = "none"  # segmenter: none (from scratch) or an ImageNet-pretrained EfficientNet-Lite (lite0|lite1|lite2)
     seed: int = 0
     data: str | None = None
     split: str = field(default_factory=default_split)  # $DERM_SPLIT or weights/split.csv
@@ -65,6 +67,7 @@ class TrainConfig:
     extra_masks: str | None = None  # segmenter: a folder in isic2018_task1's layout whose train/val join HAM's
     init: str | None = None  # warm start: a run folder (its best.pt), a checkpoint or a shipped .safetensors
     normalization: dict = field(default_factory=dict)  # filled from the train split at start
+    pretrained: dict = field(default_factory=dict)  # filled at start: the encoder's package, file and sha256
 
     @classmethod
     def for_task(cls, task: str, arch: str | None = None, **overrides) -> "TrainConfig":
@@ -124,6 +127,10 @@ class TrainConfig:
             problems.append("precision must be bf16 or fp32")
         if not 4 <= self.unet_width <= 128:
             problems.append("U-Net width must be between 4 and 128")
+        if self.encoder not in ENCODERS:
+            problems.append(f"encoder must be one of {ENCODERS}")
+        elif self.encoder != "none" and self.task != "segmenter":
+            problems.append("a pretrained encoder is for the segmenter")
         if self.extra_masks and self.task != "segmenter":
             problems.append("extra masks are for the segmenter")
         elif self.extra_masks and not (Path(self.extra_masks) / "split.csv").is_file():
@@ -172,7 +179,7 @@ def load_init_weights(model: nn.Module, config: TrainConfig) -> dict:
 def check_init_matches(config: TrainConfig, source: dict) -> None:
     """Weights only fit the architecture (and U-Net width) they were trained as, and the colour
     constancy they learnt with: a warm start under another one would quietly see other inputs."""
-    for key in ("task", "arch", "unet_width", "colour"):
+    for key in ("task", "arch", "unet_width", "encoder", "colour"):
         if key in source and source[key] != getattr(config, key):
             hint = "" if key == "task" else f" (pass --{key.replace('_', '-')} {source[key]} to match)"
             raise ValueError(f"--init checkpoint has {key}={source[key]!r}, this run {getattr(config, key)!r}{hint}")
@@ -432,7 +439,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     splits = {name: pixels_to(split, device) for name, split in splits.items()}
     if ctx.is_main:
         distributed.barrier(ctx)
-    model = build_model(config.arch, config.unet_width).to(device).to(memory_format=torch.channels_last)
+    pretrained = config.encoder != "none" and not (config.init or resume)  # else its weights follow
+    model = build_model(config.arch, config.unet_width, config.encoder, pretrained)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    if config.encoder != "none":  # the ImageNet statistics the pretrained filters expect, and their provenance
+        norm = data.Normalization(tuple(IMAGENET_NORMALIZATION["mean"]), tuple(IMAGENET_NORMALIZATION["std"]))
+        config.pretrained = config.pretrained or weights_record(config.encoder)
     if config.init and not resume:  # a warm-started model keeps the statistics its weights were trained with
         source = load_init_weights(model, config)
         config.normalization = source.get("normalization") or config.normalization

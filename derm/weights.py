@@ -81,6 +81,7 @@ def shipped_config(path: Path) -> dict:
               "split": str((path.parent / "split.csv").resolve()), "data": None, "training": entry.get("training", {})}
     if entry["arch"] == "unet":
         config["unet_width"] = entry.get("width", 32)
+        config["encoder"] = entry.get("encoder", {}).get("name", "none")
     else:
         config["colour"] = entry.get("colour", "none")  # re-exporting keeps the colour step it was trained with
     return config
@@ -88,7 +89,7 @@ def shipped_config(path: Path) -> dict:
 
 def load_model(entry: dict, weights_dir: Path) -> nn.Module:
     """Build the architecture named in a manifest entry and load its safetensors (no pickle) in fp32."""
-    model = build_model(entry["arch"], entry.get("width", 32))
+    model = build_model(entry["arch"], entry.get("width", 32), entry.get("encoder", {}).get("name", "none"))
     model.load_state_dict(load_state_fp32(Path(weights_dir) / entry["file"]))
     model.eval()
     for p in model.parameters():

@@ -126,7 +126,7 @@ def config_from_args(args: argparse.Namespace, arch: str) -> TrainConfig:
     config = TrainConfig.for_task(args.task, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   augment=args.augment, colour=args.colour, limit=args.limit, height=args.height,
                                   width=args.width, sampling=args.sampling, extra_masks=args.extra_masks,
-                                  seed=args.seed)
+                                  seed=args.seed, encoder=args.encoder)
     config.validate()
     return config
 
@@ -134,6 +134,7 @@ def config_from_args(args: argparse.Namespace, arch: str) -> TrainConfig:
 def run_name(config: TrainConfig, stamp: str) -> str:
     """Runs started together differ by recipe, input size (segmenter) or seed, so their names must too."""
     recipe = "".join(f"-{v}" for v in (config.augment, config.colour) if v not in ("full", "none"))
+    recipe += f"-{config.encoder}" if config.encoder != "none" else ""
     recipe += f"-{config.height}x{config.width}" if config.task == "segmenter" else ""
     recipe += f"-seed{config.seed}" if config.seed else ""
     return f"{stamp}-{config.arch}-{config.epochs}x{config.epoch_samples}{recipe}-gpu"
@@ -156,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sampling", default=None, help="default: the task's (classifier sqrt, segmenter natural)")
     t.add_argument("--extra-masks", default=None, help="segmenter: a second mask source (isic2018_task1 layout)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--encoder", default="none", help="segmenter: none, or an ImageNet-pretrained lite0|lite1|lite2")
     t.add_argument("--probe-images", type=int, default=3072)
     t.add_argument("--epoch-samples", nargs="+", type=int, default=None,
                    help="images per epoch per arch, instead of sizing them from a probe")

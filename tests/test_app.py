@@ -303,6 +303,21 @@ def test_training_without_the_full_dataset_starts_nothing(runs_dir, no_dataset):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+def test_the_segmenter_form_trains_on_the_chosen_pretrained_encoder(runs_dir, data_dir, fixture_split, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(data_dir))
+    monkeypatch.setenv(data.SPLIT_ENV, str(fixture_split))
+    at = start_app("app_pages/training.py")
+    at.selectbox(key="train_task").set_value("Segmenter: U-Net").run()
+    at.selectbox(key="encoder_segmenter").set_value("lite0")
+    at = submit_run(at, epochs_segmenter=1, limit_segmenter=16, height_segmenter=48, width_segmenter=64,
+                    batch_segmenter=8)
+    [run_dir] = list(runs_dir.iterdir())
+    status = wait_until_done(run_dir)
+    assert status["state"] == "finished", jobs.log_tail(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["encoder"] == "lite0" and config["pretrained"]["file"] == "efficientnet-lite0-57934424.pth"
+
+
 def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir, data_dir, fixture_split, monkeypatch):
     monkeypatch.setenv(data.DATA_ENV, str(data_dir))  # the app launches runs on the default data and split
     monkeypatch.setenv(data.SPLIT_ENV, str(fixture_split))

@@ -63,8 +63,9 @@ def test_segmenter_options_build_a_segmenter_config_with_the_task_defaults_elsew
     (tmp_path / "split.csv").write_text("image_id,split\n")
     args = gpu_train.build_parser().parse_args(
         ["train", "--out", "o", "--task", "segmenter", "--archs", "unet", "--height", "144", "--width", "192",
-         "--extra-masks", str(tmp_path), "--sampling", "balanced", "--batch-size", "32"])
+         "--extra-masks", str(tmp_path), "--sampling", "balanced", "--batch-size", "32", "--encoder", "lite0"])
     config = gpu_train.config_from_args(args, "unet")
+    assert config.encoder == "lite0" and gpu_train.run_name(config, "S") == "S-unet-30x0-geometric-lite0-144x192-gpu"
     default = TrainConfig.for_task("segmenter")
     assert (config.task, config.arch, config.height, config.width) == ("segmenter", "unet", 144, 192)
     assert (config.extra_masks, config.sampling, config.batch_size) == (str(tmp_path), "balanced", 32)
@@ -89,6 +90,7 @@ def test_runs_started_together_get_different_names():
     unet = TrainConfig.for_task("segmenter", epoch_samples=512, height=144, width=192)
     names = {gpu_train.run_name(c, "S") for c in (base, dataclasses.replace(base, seed=1),
                                                   dataclasses.replace(base, augment="device"), unet,
-                                                  dataclasses.replace(unet, height=96, width=128))}
-    assert len(names) == 5
+                                                  dataclasses.replace(unet, height=96, width=128),
+                                                  dataclasses.replace(unet, encoder="lite0"))}
+    assert len(names) == 6
     assert gpu_train.run_name(base, "S") == "S-resnet18-20x512-shades_of_gray-gpu"

@@ -135,6 +135,20 @@ def test_out_of_range_config_is_rejected_with_a_message():
         TrainConfig.for_task("classifier", "resnet18", epochs=0).validate()
     with pytest.raises(ValueError, match="sampling"):
         TrainConfig.for_task("classifier", "resnet18", sampling="magic").validate()
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        TrainConfig.for_task("segmenter", encoder="lite9").validate()
+    with pytest.raises(ValueError, match="pretrained encoder is for the segmenter"):
+        TrainConfig.for_task("classifier", "resnet18", encoder="lite0").validate()
+
+
+def test_a_lite_unet_warm_start_keeps_its_encoder_and_refuses_another():
+    from derm.train import check_init_matches
+
+    config = TrainConfig.for_task("segmenter", encoder="lite0")
+    check_init_matches(config, {"task": "segmenter", "arch": "unet", "encoder": "lite0"})
+    with pytest.raises(ValueError, match="--encoder none"):
+        check_init_matches(config, {"task": "segmenter", "arch": "unet", "encoder": "none"})
+    assert "--encoder" in config.cli_args(only_changed=True) and config.cli_args()[-2:] != ["--encoder", "none"]
 
 
 def test_sampling_policies_shape_the_class_mix():
