@@ -278,9 +278,8 @@ def _progress(items, total: int, desc: str):
 
 
 def _add_card(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("card", help="write MODEL_CARD.md from weights/metrics.json and manifest.json")
+    p = sub.add_parser("card", help="write MODEL_CARD.md from the files in weights/")
     p.add_argument("--weights", default="weights")
-    p.add_argument("--tried", default="docs/tried.md", help="markdown with the tried-and-chosen table")
     p.add_argument("--out", default="MODEL_CARD.md")
     p.set_defaults(func=cmd_card)
 
@@ -288,9 +287,8 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 def cmd_card(args: argparse.Namespace) -> int:
     from derm.modelcard import render
 
-    tried = Path(args.tried).read_text().splitlines() if Path(args.tried).is_file() else None
     try:
-        card = render(Path(args.weights), tried)
+        card = render(Path(args.weights))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
