@@ -32,7 +32,7 @@ def tracked(*patterns: str) -> list[Path]:
 
 def test_the_process_word_pattern_catches_what_it_should():
     assert PROCESS_WORDS.search("trained on a " + "le" "nt H200") and PROCESS_WORDS.search("see " + "iss" "ue 11")
-    assert PROCESS_WORDS.search("the next " + "sess" "ion ships it") and PROCESS_WORDS.search("fixed in #12")
+    assert PROCESS_WORDS.search("the next " + "sess" "ion ships it") and PROCESS_WORDS.search("fixed in " + "#" "12")
     assert not PROCESS_WORDS.search('st.session_state["x"]; @pytest.fixture(scope="session"); start_new_session=True')
     assert not PROCESS_WORDS.search("kept per browser session; color=\"#999\"") and not PROCESS_WORDS.search("silent")
 
