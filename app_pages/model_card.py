@@ -25,7 +25,7 @@ def confusion_heatmap(matrix: list[list[int]], title: str) -> go.Figure:
 def show_headline(weights_dir) -> None:
     """The same table and limitations as MODEL_CARD.md, from the same functions of derm.modelcard."""
     st.header("Results at a glance")
-    st.dataframe(modelcard.headline_table(weights_dir), hide_index=True)
+    st.table(modelcard.headline_table(weights_dir), hide_index=True, border="horizontal")  # wraps long cells
     st.header("Limitations")
     st.markdown("\n".join(modelcard.limitations_section(modelcard.load(weights_dir))[2:]))
 

@@ -386,7 +386,7 @@ def _elsewhere_line(card: CardInputs) -> list[str]:
     if not sets:
         return ["- **Other clinics and cameras** were not measured for these weights: expect worse results."]
     return ["- **Other clinics and cameras.** Balanced accuracy falls from " + f"{home:.3f} on HAM10000 test to " +
-            ", ".join(f"{value:.3f} on {name}" for name, value in sets) + "."]
+            ", ".join(f"{value:.3f} on {name.replace('_', ' ')}" for name, value in sets) + "."]
 
 
 def _rare_counts(card: CardInputs) -> str:

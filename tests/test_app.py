@@ -239,7 +239,7 @@ def test_the_model_card_page_shows_the_cards_headline_table(runs_dir, tiny_weigh
 
     at = start_app("app_pages/model_card.py")
     expected = headline_table(tiny_weights)
-    shown = [frame.value for frame in at.dataframe if list(frame.value.columns) == list(expected.columns)]
+    shown = [table.value for table in at.table if list(table.value.columns) == list(expected.columns)]
     assert len(shown) == 1 and shown[0].reset_index(drop=True).equals(expected)
     assert f"| {expected.iloc[0]['evaluation set']} | {expected.iloc[0]['images']} |" in render(tiny_weights)
 
