@@ -158,8 +158,10 @@ def trained_for(training: dict) -> str:
 
 
 def _hardware(training: dict) -> str:
+    """'54 min on a CPU', '3 min on an NVIDIA H200 GPU': the training's wall-clock time and device."""
     device = training.get("device", "CPU")
-    return "a 2-core CPU" if device == "CPU" else f"an {device.removesuffix(' GPU')} GPU"
+    on = "a CPU" if device == "CPU" else f"an {device.removesuffix(' GPU')} GPU"
+    return f"{training.get('seconds', 0) / 60:.0f} min on {on}"
 
 
 def _trained_on(manifest: dict) -> str:
@@ -178,8 +180,8 @@ def details_section(card: CardInputs) -> list[str]:
     lines = ["## Model details", "",
              f"Version: code `{manifest.get('code_version')}`, models trained {_trained_on(manifest)}. "
              "Input: one RGB image of any size, resized to each network's input (HAM10000's own images are "
-             "200x150 pixels). All networks were trained from scratch (no pretrained weights), in bf16.", "",
-             "| network | ensemble slot | architecture | input (h x w) | colour constancy | trained for | on |",
+             "200x150 pixels). All networks were trained from scratch (no pretrained weights), with bf16 autocast.", "",
+             "| network | ensemble slot | architecture | input (h x w) | colour constancy | trained for | training time |",
              "|---|---|---|---|---|---|---|"]
     for name, entry in manifest["models"].items():
         t = entry["training"]
