@@ -252,7 +252,8 @@ def evaluation_data_section(card: CardInputs) -> list[str]:
 def headline_section(card: CardInputs) -> list[str]:
     return ["## Results at a glance", "", *markdown_table(headline_table(card.weights_dir)), "",
             "Macro AUC is the mean one-vs-rest AUC over the classes present; melanoma AUC is melanoma against "
-            "the rest. Thresholded Jaccard is the ISIC 2018 Task 1 score (per-image IoU, 0 below 0.65).", ""]
+            "the rest. Thresholded Jaccard is the ISIC 2018 Task 1 score (per-image IoU, 0 below 0.65). The commands "
+            "behind each row: *How to reproduce*.", ""]
 
 
 def per_class_table(report: dict) -> list[str]:
