@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_model_card_is_short_and_has_the_sections_of_a_model_card():
 
 def test_model_card_is_what_derm_card_writes_from_weights(tmp_path):
     out = tmp_path / "card.md"
-    done = subprocess.run(["python", "-m", "derm", "card", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "derm", "card", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == (REPO / "MODEL_CARD.md").read_bytes(), "run `python -m derm card` and commit MODEL_CARD.md"
 
