@@ -1,5 +1,5 @@
 """Streamlit pieces the pages share: the active weights and their models, the HAM10000 table, the
-per-session analysis cache, and the drawing of one analysis (probabilities, models, Grad-CAM, mask).
+analysis cache of each browser session, and the drawing of one analysis (probabilities, models, Grad-CAM, mask).
 
 A module, not a page: st.navigation lists the pages explicitly. Only widgets and drawing live
 here; every number comes from derm.
@@ -27,7 +27,7 @@ from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifes
 
 T = TypeVar("T")
 WEIGHTS_KEY = "active_weights_dir"
-SESSION_CACHE_SIZE = 12  # analyses and heat maps kept per session: enough to flip between images
+SESSION_CACHE_SIZE = 12  # analyses and heat maps kept per browser session: enough to flip between images
 # One intra-op thread: on 2 cores shared with a training run, 2 threads made one analysis ~28 s
 # (threads waiting on each other while the trainer holds the cores) against ~1 s with one.
 APP_TORCH_THREADS = 1
@@ -45,7 +45,7 @@ PROBABILITY = st.column_config.NumberColumn(format="%.1f%%")
 
 
 def active_weights_dir() -> Path:
-    """The weights this session uses: $DERM_WEIGHTS / weights/ unless a run was promoted here."""
+    """The weights this browser session uses: $DERM_WEIGHTS / weights/ unless a run was promoted here."""
     return Path(st.session_state.setdefault(WEIGHTS_KEY, str(default_weights_dir())))
 
 
@@ -55,7 +55,7 @@ def use_weights(path: Path) -> None:
 
 @st.cache_resource(show_spinner="Loading the models…", max_entries=3)
 def load_predictor(weights_dir: str) -> Predictor:
-    """One Predictor per weights folder, shared by all sessions (its Grad-CAM takes a lock).
+    """One Predictor per weights folder, shared by all browser sessions (its Grad-CAM takes a lock).
 
     One throw-away analysis and Grad-CAM warm up the CPU kernels here (the first call takes
     seconds), so the user's first photo gets its answer at the usual speed.
@@ -103,7 +103,7 @@ def ham_table_or_none() -> pd.DataFrame | None:
     return _ham_table(str(source.path)) if source else None
 
 
-# ----------------------------------------------------------------------------- per-session cache
+# ----------------------------------------------------------------------------- per browser session cache
 
 
 def image_key(rgb: np.ndarray) -> str:
@@ -112,7 +112,7 @@ def image_key(rgb: np.ndarray) -> str:
 
 
 def remember(store: str, key: tuple, compute: Callable[[], T]) -> T:
-    """compute() once per key in this session: moving a slider must not rerun the models."""
+    """compute() once per key in this browser session: moving a slider must not rerun the models."""
     cache = st.session_state.setdefault(store, {})
     if key not in cache:
         cache[key] = compute()

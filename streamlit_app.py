@@ -23,7 +23,7 @@ def show_weights_in_sidebar() -> None:
         st.sidebar.caption(f"code version {manifest.get('code_version', 'unknown')} · "
                            f"models: {', '.join(manifest['models'])}")
     if weights_dir != default_weights_dir():
-        st.sidebar.info("Promoted weights are active in this session.")
+        st.sidebar.info("Promoted weights are active in this browser session.")
         st.sidebar.button("Back to the shipped weights", on_click=ui.use_weights, args=(default_weights_dir(),))
 
 

@@ -7,34 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import app_components as ui
-from derm import explorer, report
+from derm import explorer, modelcard, report
 from derm.classes import CLASSES
 from derm.data import REPO_ROOT
-
-INTENDED_USE = """
-**Intended use.** A research and teaching demo: to see what small CNNs trained from scratch on one
-public dataset learn, where they look and where they fail. **Not a medical device and not a diagnosis**;
-no clinical validation of any kind.
-
-**Limitations.**
-- Trained from scratch (no ImageNet pre-training) on 200x150 dermatoscopic images; any photo is
-  shrunk to that size, so fine detail is lost.
-- HAM10000's population is mostly fair-skinned patients from Austria and Australia: performance on
-  darker skin types is unknown and probably worse.
-- Only the seven HAM10000 classes exist for the models: anything else (a scar, a tattoo, a wart, a
-  clinical non-dermoscopic photo) still gets one of the seven labels; heed the warnings.
-- Probabilities are calibrated on the validation split (temperature scaling) but remain estimates
-  for this dataset's class mix, not a patient's risk.
-- Lesion measurements are in pixels: the images have no physical scale.
-"""
-
-CITATION = """
-**Data.** Tschandl P., Rosendahl C., Kittler H. *The HAM10000 dataset, a large collection of
-multi-source dermatoscopic images of common pigmented skin lesions.* Sci. Data 5, 180161 (2018),
-[doi:10.1038/sdata.2018.161](https://doi.org/10.1038/sdata.2018.161). Licence CC BY-NC 4.0:
-non-commercial use with attribution. Lesion masks: the HAM10000 segmentations by Tschandl et al.
-on the same Harvard Dataverse record (doi:10.7910/DVN/DBW86T).
-"""
 
 SCORE_FORMAT = st.column_config.NumberColumn(format="%.3f")
 
@@ -45,6 +20,14 @@ def confusion_heatmap(matrix: list[list[int]], title: str) -> go.Figure:
     fig.update_layout(title=title, xaxis_title="predicted", yaxis=dict(title="true", autorange="reversed"),
                       height=360, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def show_headline(weights_dir) -> None:
+    """The same table and limitations as MODEL_CARD.md, from the same functions of derm.modelcard."""
+    st.header("Results at a glance")
+    st.table(modelcard.headline_table(weights_dir), hide_index=True, border="horizontal")  # wraps long cells
+    st.header("Limitations")
+    st.markdown("\n".join(modelcard.limitations_section(modelcard.load(weights_dir))[2:]))
 
 
 def show_results(metrics: dict) -> None:
@@ -103,16 +86,18 @@ def main() -> None:
     if card.is_file():
         with st.expander("MODEL_CARD.md", expanded=False):
             st.markdown(card.read_text())
-    st.markdown(INTENDED_USE)
+    st.markdown("\n".join(modelcard.INTENDED_USE[2:]))
     manifest = ui.manifest_or_none(weights_dir)
     if manifest is None:
         st.warning(f"No trained weights at {weights_dir} (manifest.json missing): nothing to report yet.")
     else:
         metrics = explorer.load_metrics(weights_dir)
+        if "test" in metrics.get("classifiers", {}):
+            show_headline(weights_dir)
         show_results(metrics)
         show_manifest(manifest)
         show_data(metrics)
-    st.markdown(CITATION)
+    st.markdown("\n".join(modelcard.CITATION[2:]))
 
 
 main()

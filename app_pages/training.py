@@ -181,10 +181,10 @@ def runs_section(all_runs: list[dict]) -> None:
 
 
 def promote_section(all_runs: list[dict]) -> None:
-    """Switch this session to a run's models only after an explicit, confirmed export."""
+    """Switch this browser session to a run's models only after an explicit, confirmed export."""
     st.subheader("Use a run's models in this app")
     if PROMOTED_KEY in st.session_state:
-        st.success(f"Exported and now active in this session: {st.session_state.pop(PROMOTED_KEY)}")
+        st.success(f"Exported and now active in this browser session: {st.session_state.pop(PROMOTED_KEY)}")
     classifiers = [r["id"] for r in jobs.promotable(all_runs, "classifier")]
     segmenters = [r["id"] for r in jobs.promotable(all_runs, "segmenter")]
     if not classifiers:
@@ -197,7 +197,7 @@ def promote_section(all_runs: list[dict]) -> None:
         segmenter = st.selectbox("Segmenter (optional)", [None, *segmenters], format_func=lambda i: i or "none",
                                  key="promote_segmenter")
         sure = st.checkbox("I understand: this evaluates the runs, exports them into a new weights folder inside "
-                           "the first run and makes it this session's model. The shipped weights/ are not changed.",
+                           "the first run and makes it this browser session's model. The shipped weights/ are not changed.",
                            key="promote_sure")
         submitted = st.form_submit_button("Export and use", icon=":material/upgrade:")
     if submitted:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 2's validation ablation: our default policy against the reference write-up's, and the native
+# The validation ablation behind the training defaults: our default policy against the reference write-up's, and the native
 # 150x200 input against the reference's 224x224, each ResNet18 with the same short budget and seed
 # (6 epochs of 4,000 images). Compare the runs on validation with `python -m derm runs --runs runs/ablation`.
 set -euo pipefail

@@ -25,7 +25,7 @@ class AugmentPolicy:
     saturation: float = 0.1
     hue: float = 0.02  # fraction of a full turn
     skip_classes: tuple[int, ...] = ()  # class indices left untouched (the reference skipped NV)
-    # other devices (issue 11): colour casts, tone curves, softer optics, framing
+    # other devices: colour casts, tone curves, softer optics, framing
     aspect: float = 0.0  # x and y zoomed independently by up to exp(+-aspect) on top of `scale`
     channel_gain: float = 0.0  # each of R, G, B scaled by exp(U(-g, g)): another camera's white balance
     gamma: float = 0.0  # tone curve x ** exp(U(-g, g))
@@ -118,7 +118,7 @@ def colour_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Ten
 
 def device_jitter(images: torch.Tensor, policy: AugmentPolicy, active: torch.Tensor,
                   gen: torch.Generator | None) -> torch.Tensor:
-    """What another dermatoscope and camera change (issue 11): white balance, tone curve, sharpness, frame.
+    """What another dermatoscope and camera change: white balance, tone curve, sharpness, frame.
 
     derm7pt's atlas, for one, is far greener than HAM10000 (mean G 0.70 vs 0.55 at equal R); a model that
     only saw HAM10000's colours reads such a cast as a diagnosis.

@@ -39,7 +39,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="use at most N images per split (quick checks)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    p.add_argument("--data", help="HAM10000 folder (default: $DERM_DATA, see README)")
+    p.add_argument("--data", help="HAM10000 folder (default: $DERM_DATA, see docs/data.md)")
     p.add_argument("--split", help="split.csv to use or create (default $DERM_SPLIT or weights/split.csv)")
     p.add_argument("--runs", help="folder that holds run folders (default runs/ or $DERM_RUNS)")
     p.add_argument("--run-dir", help="write into this run folder (made by a launcher)")
@@ -285,9 +285,8 @@ def _progress(items, total: int, desc: str):
 
 
 def _add_card(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("card", help="write MODEL_CARD.md from weights/metrics.json and manifest.json")
+    p = sub.add_parser("card", help="write MODEL_CARD.md from the files in weights/")
     p.add_argument("--weights", default="weights")
-    p.add_argument("--tried", default="docs/tried.md", help="markdown with the tried-and-chosen table")
     p.add_argument("--out", default="MODEL_CARD.md")
     p.set_defaults(func=cmd_card)
 
@@ -295,9 +294,8 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 def cmd_card(args: argparse.Namespace) -> int:
     from derm.modelcard import render
 
-    tried = Path(args.tried).read_text().splitlines() if Path(args.tried).is_file() else None
     try:
-        card = render(Path(args.weights), tried)
+        card = render(Path(args.weights))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -312,7 +310,7 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
                                    "(HAM10000 + isic2018_task1 train against clinical photos, photos, screens, "
                                    "blank frames; thresholds from validation). Refit whenever the ResNet18 changes.")
     p.add_argument("--weights", default="weights")
-    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, README 'Data')")
+    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, docs/data.md)")
     p.add_argument("--isic", help="isic2018_task1 folder (default ../shared/isic2018_task1)")
     p.add_argument("--derm7pt", help="derm7pt folder, for its clinical/ photos (default ../shared/derm7pt)")
     p.add_argument("--ham-train-limit", type=int, default=2000, help="HAM10000 train images used (0: all)")

@@ -50,7 +50,7 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     if not (has_labels and (path / "images").is_dir()):
         raise DataNotFoundError(
             f"HAM10000 not found at {path}: expected HAM10000_metadata.csv (or GroundTruth.csv) and "
-            f"images/. Set ${DATA_ENV} or pass --data (see README.md, 'Data')."
+            f"images/. Set ${DATA_ENV} or pass --data (see docs/data.md)."
         )
     return path
 
@@ -77,7 +77,7 @@ class ImageSource:
         if self.complete:
             return f"the full dataset at `{shown}`"
         return (f"the test split shipped with derm (`{shown}`): the full dataset was not found, so training "
-                f"is not available (set ${DATA_ENV}, see README, 'Data')")
+                f"is not available (set ${DATA_ENV}, see docs/data.md)")
 
 
 def image_source(data_dir: str | Path | None = None, subset_dir: Path = TEST_SUBSET_DIR) -> ImageSource:

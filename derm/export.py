@@ -59,7 +59,7 @@ def training_record(run_dir: Path, config: dict) -> dict:
     record = {"run": Path(run_dir).name, "best_epoch": config["best_epoch"], "epochs": config["epochs"],
               "epochs_run": len(metrics),  # fewer than planned when a run was stopped (e.g. at a GPU's time limit)
               "seconds": round(sum(m["seconds"] for m in metrics), 1),
-              "device": runs.read_status(run_dir).get("device", "CPU"),  # runs from before it was recorded ran here
+              "device": runs.read_status(run_dir).get("device", "CPU"),  # runs from before it was recorded ran on the CPU
               "command": command_for(config), "code_version": config.get("code_version") or code_version()}
     if earlier is not None:
         record.update(warm_start_from=earlier["run"], epochs_before=earlier.get("epochs_before", 0) + earlier["epochs"],

@@ -242,7 +242,7 @@ def feature_sha(weights_dir: Path, predictor: Predictor) -> str:
 
 @dataclass(frozen=True)
 class GateSources:
-    """Where the sets live; the defaults are this workplace's layout beside the repository."""
+    """Where the sets live; the defaults are the `../shared/` folders beside the repository."""
 
     ham: str | None = None  # None: derm.data's usual lookup
     isic: Path = data.REPO_ROOT.parent / "shared" / "isic2018_task1"

@@ -15,7 +15,7 @@ CLASSIFIER_ARCHS = ("resnet18", "resnet50")
 
 
 def build_classifier(arch: str, num_classes: int = NUM_CLASSES) -> nn.Module:
-    """A torchvision ResNet with random weights (nothing can be downloaded here) and `num_classes` outputs."""
+    """A torchvision ResNet with random weights (derm downloads nothing) and `num_classes` outputs."""
     if arch not in CLASSIFIER_ARCHS:
         raise ValueError(f"unknown classifier {arch!r}; choose from {CLASSIFIER_ARCHS}")
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)

@@ -190,8 +190,8 @@ class Result:
 
 
 class Predictor:
-    """Loads the shipped weights once; safe to share between app sessions: every use of the
-    classifiers takes one lock, since Grad-CAM's hooks would otherwise record another session's pass."""
+    """Loads the shipped weights once; safe to share between browser sessions: every use of the
+    classifiers takes one lock, since Grad-CAM's hooks would otherwise record another browser session's pass."""
 
     def __init__(self, weights_dir: str | Path | None = None, bf16: bool | None = None, load_gate: bool = True):
         """load_gate=False leaves the domain gate out: for refitting it after the ResNet18 changed, when

@@ -160,7 +160,7 @@ class RunBusyError(RuntimeError):
 
 
 def launch(train_args: list[str], name: str, root: Path | None = None, config: dict | None = None) -> Path:
-    """Start `python -m derm train ...` detached in its own session and return its run folder.
+    """Start `python -m derm train ...` detached in its own process session and return its run folder.
 
     The caller passes an argument list (never a shell string); output goes to runs/<id>/log.txt.
     The process outlives the app and the browser tab; the run's files are how anyone finds it again.
@@ -196,7 +196,7 @@ def _refuse_if_busy(root: Path | None) -> None:
 
 
 def _spawn(run_dir: Path, train_args: list[str], log_mode: str) -> None:
-    """`python -m derm train <train_args>` in its own session, output appended to the run's log.txt."""
+    """`python -m derm train <train_args>` in its own process session, output appended to the run's log.txt."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / "log.txt", log_mode) as log:
         process = subprocess.Popen([sys.executable, "-m", "derm", "train", *train_args], cwd=REPO_ROOT, stdout=log,

@@ -38,7 +38,7 @@ def read_manifest(weights_dir: Path) -> dict:
     path = Path(weights_dir) / "manifest.json"
     if not path.is_file():
         raise WeightsNotFoundError(f"no trained weights at {weights_dir} (manifest.json missing); "
-                                   "train and export them, see README.md")
+                                   "train and export them, see docs/training.md")
     return json.loads(path.read_text())
 
 

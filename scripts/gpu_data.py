@@ -1,11 +1,11 @@
-"""Pack the training data a lent GPU needs into one file the `device` tool can carry (64 MiB at most).
+"""Pack the training data a remote GPU needs into one file small enough to copy there (64 MiB at most).
 
 The train and validation JPEGs of HAM10000 travel as they are. Masks (600x450 PNGs for HAM10000) are
 decoded here at the run's input size with `derm.data.decode_mask` and stored as 1-bit PNGs, which the
 loader reads back unchanged (checked for every mask), so a segmenter trained there sees the same
 targets as one trained here. With --extra-masks, that folder's train and val rows (images as they are,
 masks likewise) join as `data/isic2018/`. Everything goes into one .tgz: thousands of small files would
-count for more than their bytes. The test split never leaves this machine.
+count for more than their bytes. The test split stays on the machine it is on.
 
     python scripts/gpu_data.py --out data/gpu_data.tgz --mask-size 144 192 --extra-masks ../shared/isic2018_task1
     # on the GPU: tar xzf data/gpu_data.tgz  (gives data/ham10000/ and data/isic2018/ in the checkout)

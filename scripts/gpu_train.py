@@ -1,7 +1,7 @@
-"""Train classifiers on a lent GPU inside a fixed time budget, and bring the weights back.
+"""Train classifiers on a remote GPU inside a fixed time budget, and bring the weights back.
 
-The `device` tool lends a GPU for minutes, not hours, and returns at most 64 MiB of files. So this
-script (1) measures each model's training speed there with a one-epoch probe through the real
+For a GPU machine that can be used for minutes, not hours, and that returns little data (files of at
+most 16 MiB, 64 MiB in all). So this script (1) measures each model's training speed there with a one-epoch probe through the real
 training loop, (2) sizes the one-cycle schedule so the run ends inside its share of the budget, and
 (3) packs the best checkpoints as fp16, byte-shuffled and zlib-compressed, in chunks under 16 MiB.
 `unpack` turns the chunks back into ordinary run folders under runs/, which `python -m derm export`
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from derm import runs, weights
 from derm.train import StopFlag, TrainConfig, save_checkpoint, train
 
-CHUNK_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+CHUNK_BYTES = 15 * 2**20  # under the 16 MiB a file may have on its way back from the GPU machine
 SECONDS_PER_EPOCH_OVERHEAD = 3.0  # validation and checkpoint writes, which the probe's speed leaves out
 
 

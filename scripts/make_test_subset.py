@@ -1,6 +1,6 @@
 """Build data/ham10000-test/: derm's HAM10000 test split, shipped so a fresh clone works without the dataset.
 
-    python scripts/make_test_subset.py                      # from the dataset derm finds (see README, 'Data')
+    python scripts/make_test_subset.py                      # from the dataset derm finds (see docs/data.md)
     python scripts/make_test_subset.py --data DIR --split weights/split.csv --out data/ham10000-test
 
 It copies, for every image that weights/split.csv puts in the test split, the 200x150 JPEG and the
@@ -41,7 +41,7 @@ training or model selection.
 Classes: {classes}.
 
 The folder is laid out like the full dataset, so `derm.data.load_table("data/ham10000-test")` reads
-it. derm uses it only when the full dataset is not found (see the main README, *Data*); training
+it. derm uses it only when the full dataset is not found (see docs/data.md in the repository); training
 needs the full dataset. Rebuild it from the full dataset with `python scripts/make_test_subset.py`.
 
 ## Source and licence

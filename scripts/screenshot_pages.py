@@ -2,6 +2,8 @@
 
     python scripts/screenshot_pages.py --out /tmp/screens --count 120 /usr/share/doc /usr/lib/node_modules/npm
     python scripts/screenshot_pages.py --out /tmp/screens --url http://localhost:8501/ --url http://localhost:8501/explorer
+    python scripts/screenshot_pages.py --out /tmp/diagnose --url http://localhost:8501/ --viewport 1280x1600 \
+        --click Analyse --wait-for "Most likely:"     # the README's screenshot: the first example diagnosed
 
 Takes HTML files found under the given folders (a fixed-seed sample of `--count`) and/or URLs, and
 writes one PNG each at a viewport size drawn from common screens. Needs Debian's chromium and the
@@ -39,6 +41,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wait-ms", type=int, default=800, help="time for a page's scripts to draw")
     parser.add_argument("--viewport", help="WIDTHxHEIGHT for every page (default: drawn from common screens)")
+    parser.add_argument("--click", help="click the first button of this name on each page before the screenshot")
+    parser.add_argument("--wait-for", help="after the click, wait until this text is on the page")
     args = parser.parse_args()
 
     from playwright.sync_api import sync_playwright
@@ -56,6 +60,12 @@ def main() -> None:
             try:
                 page.goto(target, timeout=20000)
                 page.wait_for_timeout(args.wait_ms)
+                if args.click:
+                    page.get_by_role("button", name=args.click).first.click(timeout=60000)
+                    page.mouse.move(0, 0)  # no hover tooltip in the picture
+                if args.wait_for:
+                    page.get_by_text(args.wait_for).first.wait_for(timeout=120000)
+                    page.wait_for_timeout(args.wait_ms)
                 page.screenshot(path=str(out / f"page_{i:04d}.png"))
             except Exception as exc:  # noqa: BLE001 - one broken page must not stop the others
                 print(f"skipped {target}: {exc}")

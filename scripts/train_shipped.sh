@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The commands that trained the shipped models (weights/), one after another, then the export that
 # builds weights/ from them (every choice made on validation) and the model card. They pick a GPU when
-# there is one. The U-Net ran on this 2-core CPU, with two warm restarts (--init: the earlier run's
+# there is one. The U-Net was trained on a 2-core CPU, with two warm restarts (--init: the earlier run's
 # best weights, a fresh optimiser and one-cycle schedule), the last one also on isic2018_task1's train
-# masks. Both classifiers ran on a lent NVIDIA H200 with the device augmentation and Shades of Gray
+# masks. Both classifiers were trained on an NVIDIA H200 GPU with the device augmentation and Shades of Gray
 # colour constancy (`python scripts/gpu_train.py train --archs resnet18 resnet50 --epochs 30
 # --epoch-samples 16384 20480 --seconds 80 170 --augment device --colour shades_of_gray`, then
-# `python -m derm train classifier --resume RUN` until the GPU's time ran out: they stopped after 25
+# `python -m derm train classifier --resume RUN` until their GPU time budget was spent: they stopped after 25
 # and 24 of their 30 epochs; see docs/tried.md); the lines below are the same runs, whole. Each
 # ensemble slot also averages the classifier of the release before (no colour step, default
-# augmentation): that ResNet18 trained on this CPU (54 minutes), that ResNet50 on a lent H100. On a
+# augmentation): that ResNet18 trained on a 2-core CPU (54 minutes), that ResNet50 on an NVIDIA H100 GPU. On a
 # 2-core CPU the GPU classifiers would take a day or more (1.1M images); the U-Net took about 2 hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."

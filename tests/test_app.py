@@ -106,7 +106,7 @@ def test_an_uploaded_photo_gets_probabilities_overlays_and_measurements(runs_dir
     assert [w.value for w in at.warning] == result.warnings
     assert at.download_button[0].label.startswith("Download result")
 
-    # widget changes redraw from the session cache: the models do not run again
+    # widget changes redraw from the browser session's cache: the models do not run again
     at.slider(key="diagnose_opacity").set_value(0.9).run()
     explain = next(s for s in at.selectbox if s.label == "Explain class")
     other = next(c for c in result.probabilities if c != result.label)
@@ -234,6 +234,16 @@ def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_imag
             assert message in texts(at.warning)
 
 
+def test_the_model_card_page_shows_the_cards_headline_table(runs_dir, tiny_weights):
+    from derm.modelcard import headline_table, render
+
+    at = start_app("app_pages/model_card.py")
+    expected = headline_table(tiny_weights)
+    shown = [table.value for table in at.table if list(table.value.columns) == list(expected.columns)]
+    assert len(shown) == 1 and shown[0].reset_index(drop=True).equals(expected)
+    assert f"| {expected.iloc[0]['evaluation set']} | {expected.iloc[0]['images']} |" in render(tiny_weights)
+
+
 # ----------------------------------------------------------------------------- explorer
 
 
@@ -350,7 +360,7 @@ def test_a_tiny_run_launches_finishes_and_can_be_promoted(runs_dir, data_dir, fi
     assert not at.exception
     assert (run_dir / "weights" / "manifest.json").is_file()
     assert at.session_state["active_weights_dir"] == str(run_dir / "weights")
-    assert f"now active in this session: {run_dir / 'weights'}" in texts(at.success)
+    assert f"now active in this browser session: {run_dir / 'weights'}" in texts(at.success)
 
     at.switch_page("app_pages/diagnose.py").run()
     upload(at, "lesion.png", encoded(Image.new("RGB", (200, 150), (180, 120, 90)), "PNG"), "image/png")

@@ -58,7 +58,7 @@ def test_report_for_falls_back_to_computing_from_predictions(frame, tiny_weights
 
 
 def plotly_event(*points: dict) -> dict:
-    """The shape st.plotly_chart puts in session state when points are clicked."""
+    """The shape st.plotly_chart puts in st.session_state when points are clicked."""
     return {"selection": {"points": list(points), "point_indices": list(range(len(points))), "box": [], "lasso": []}}
 
 

@@ -49,25 +49,35 @@ def test_model_card_reports_the_shipped_numbers(tiny_weights):
     card = render(tiny_weights)
     metrics = json.loads((tiny_weights / "metrics.json").read_text())
     ensemble = metrics["classifiers"]["test"]["ensemble"]
-    assert f"| test | ensemble | {ensemble['accuracy']:.3f} | {ensemble['balanced_accuracy']:.3f} |" in card
+    assert f"| ensemble | {ensemble['accuracy']:.3f} | {ensemble['balanced_accuracy']:.3f} |" in card
     assert "| true \\ predicted | AKIEC" in card and "Tschandl" in card
     assert f"| {metrics['segmenter']['test']['dice']:.3f} |" in card
-    assert "resnet18 see every image after colour constancy (shades of gray" in card  # only the ResNet18 has it
-    assert "**resnet18** is the mean of the tempered probabilities of resnet18 and resnet18_2" in card
+    details = card[card.index("## Model details"):card.index("## Intended use")]
+    rows = {line.split(" | ")[0].strip("| "): line for line in details.splitlines() if line.startswith("| resnet")}
+    assert "| shades of gray |" in rows["resnet18"] and "| none |" in rows["resnet50"]  # only the ResNet18 has it
+    assert rows["resnet18_2"].startswith("| resnet18_2 | resnet18 | resnet18 |")  # a member of the resnet18 slot
     member = metrics["members"]["test"]["resnet18_2"]
-    assert f"| test | resnet18_2 | {member['accuracy']:.3f} | {member['balanced_accuracy']:.3f} |" in card
+    assert f"| resnet18_2 alone | {member['accuracy']:.3f} | {member['balanced_accuracy']:.3f} |" in card
 
 
-def test_bars_table_says_which_bar_is_missed():
-    from derm.modelcard import HAM_BARS_ISSUE11, SEG_BARS_ISSUE11, bars_table
+def test_headline_table_leads_with_ham10000_test_and_adds_the_gate_when_measured(tiny_weights, tmp_path):
+    import shutil
 
-    ensemble = {"balanced_accuracy": 0.71, "macro_f1": 0.69, "macro_auc": 0.95, "accuracy": 0.75}
-    metrics = {"classifiers": {"test": {"ensemble": ensemble}}, "segmenter": {"test": {"dice": 0.929}}}
-    rows = bars_table(metrics, HAM_BARS_ISSUE11, SEG_BARS_ISSUE11)
-    assert "| ensemble balanced accuracy | ≥ 0.72 | 0.710 | no |" in rows
-    assert "| ensemble macro f1 | ≥ 0.68 | 0.690 | yes |" in rows
-    assert "| ensemble accuracy | ≥ 0.75 | 0.750 | yes |" in rows  # at the bar is met
-    assert "| U-Net dice (600x450) | ≥ 0.93 | 0.929 | no |" in rows and len(rows) == 2 + 4 + 1
+    from derm.modelcard import headline_table
+
+    metrics = json.loads((tiny_weights / "metrics.json").read_text())
+    table = headline_table(tiny_weights)
+    first = table.iloc[0]
+    ensemble = metrics["classifiers"]["test"]["ensemble"]
+    assert first["images"] == ensemble["n"] and f"balanced accuracy {ensemble['balanced_accuracy']:.3f}" in first["result"]
+    assert not table["what is scored"].str.startswith("domain gate").any()  # no gate_report.json: no gate rows
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    rows = [{"set": "ham_test", "images": 10, "expected": "accept", "refused": 0.1, "reasons": {"clinical": 1}},
+            {"set": "drawn_blank", "images": 4, "expected": "refuse", "refused": 0.75, "reasons": {"blank": 3}}]
+    (weights / "gate_report.json").write_text(json.dumps({"command": "python -m derm gate-check", "rows": rows}))
+    gate = headline_table(weights).tail(2)
+    assert list(gate["result"]) == ["accepted 90.0%", "refused 75.0%"] and list(gate["images"]) == [10, 4]
 
 
 def test_training_command_states_only_what_differs_from_the_defaults():

@@ -1,4 +1,4 @@
-"""scripts/gpu_data.py: the data a lent GPU trains on decodes exactly as it does here, without the test split."""
+"""scripts/gpu_data.py: the data a remote GPU trains on decodes exactly as it does where it was packed, without the test split."""
 
 import importlib.util
 import shutil

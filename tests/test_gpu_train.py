@@ -1,4 +1,4 @@
-"""scripts/gpu_train.py: the schedule sizing and the pack that carries trained weights back from a lent GPU."""
+"""scripts/gpu_train.py: the schedule sizing and the pack that carries trained weights back from a remote GPU."""
 
 import dataclasses
 import importlib.util
