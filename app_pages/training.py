@@ -17,11 +17,13 @@ import app_components as ui
 from derm import data, jobs, runs
 from derm.augment import POLICIES
 from derm.colour import METHODS as COLOUR_METHODS
+from derm.models import TEACHER_ARCHS
 from derm.pretrained import ENCODERS
 from derm.train import SAMPLINGS, TrainConfig
 
 TASKS = {"Classifier: ResNet18": ("classifier", "resnet18"), "Classifier: ResNet50": ("classifier", "resnet50"),
-         "Segmenter: U-Net": ("segmenter", None)}
+         "Segmenter: U-Net": ("segmenter", None),
+         **{f"Teacher: EfficientNet-{a.capitalize()} (ImageNet-pretrained)": ("classifier", a) for a in TEACHER_ARCHS}}
 RUN_KEY = "training_run"
 PROMOTED_KEY = "training_promoted"
 POLL_SECONDS = 2

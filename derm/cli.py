@@ -9,6 +9,7 @@ from pathlib import Path
 
 from derm import runs
 from derm.colour import METHODS as COLOUR_METHODS
+from derm.models import CLASSIFIER_ARCHS, TEACHER_ARCHS
 from derm.pretrained import ENCODERS
 
 
@@ -16,7 +17,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier or the segmenter on HAM10000",
                        description="Train on the lesion-grouped train split; each run writes runs/<id>/.")
     p.add_argument("task", choices=["classifier", "segmenter"])
-    p.add_argument("--arch", choices=["resnet18", "resnet50"], help="classifier architecture (default resnet18)")
+    p.add_argument("--arch", choices=[*CLASSIFIER_ARCHS, *TEACHER_ARCHS], help="classifier architecture (default "
+                   "resnet18); lite0|lite1|lite2: an ImageNet-pretrained EfficientNet-Lite, a teacher for the ensemble")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
@@ -51,7 +53,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from derm.pretrained import PretrainedWeightsMissing, weights_file
-    from derm.train import TrainConfig, check_init_matches, init_checkpoint, init_source_config, train
+    from derm.train import (TrainConfig, check_init_matches, init_checkpoint, init_source_config, pretrained_name,
+                            train)
 
     if args.runs:
         import os
@@ -72,8 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ValueError(f"--init: no checkpoint at {init_checkpoint(config.init)}")
             if config.init:
                 check_init_matches(config, init_source_config(config.init))
-            elif config.encoder != "none":
-                weights_file(config.encoder)  # its package is installed, before a run folder is made
+            elif pretrained_name(config):
+                weights_file(pretrained_name(config))  # its package is installed, before a run folder is made
         except (ValueError, FileNotFoundError, PretrainedWeightsMissing) as exc:  # bad settings, --init weights
             # without a manifest, or a pretrained encoder whose package is not installed
             print(f"derm train: {exc}", file=sys.stderr)

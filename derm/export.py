@@ -276,6 +276,8 @@ def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
     model, config, record = load_source(unet_run)
+    if "unet" in manifest["models"] and "segmenter" in metrics:
+        metrics["previous_segmenter"] = previous_segmenter(manifest["models"]["unet"], metrics["segmenter"], out)
     save_state_fp16(model, out / "unet.safetensors")
     manifest["models"]["unet"] = unet_entry(config, record)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -286,6 +288,16 @@ def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics["segmenter"]
+
+
+def previous_segmenter(entry: dict, scores: dict, out: Path) -> dict:
+    """What the U-Net being replaced was and scored (HAM10000 splits, and each other set's segmentation in
+    external.json, which the next evaluate-set overwrites), so the card can set the two side by side."""
+    external_path = out / "external.json"
+    external = json.loads(external_path.read_text()) if external_path.is_file() else {}
+    return {"encoder": entry.get("encoder", {}).get("name", "none"), "width": entry.get("width"),
+            "input_hw": entry["input_hw"], "tta": entry.get("tta", []), "run": entry.get("training", {}).get("run"),
+            "scores": scores, "external": {name: e["segmentation"] for name, e in external.items() if "segmentation" in e}}
 
 
 def validate_routing(routing: dict[str, str], val_probs: dict[str, np.ndarray], y_val: np.ndarray,

@@ -180,12 +180,12 @@ def details_section(card: CardInputs) -> list[str]:
     lines = ["## Model details", "",
              f"Version: code `{manifest.get('code_version')}`, models trained {_trained_on(manifest)}. "
              "Input: one RGB image of any size, resized to each network's input (HAM10000's own images are "
-             "200x150 pixels). All networks were trained from scratch (no pretrained weights), with bf16 autocast.", "",
+             f"200x150 pixels). {_starting_weights(manifest)}", "",
              "| network | ensemble slot | architecture | input (h x w) | colour constancy | trained for | training time |",
              "|---|---|---|---|---|---|---|"]
     for name, entry in manifest["models"].items():
         t = entry["training"]
-        arch = entry["arch"] + (f" (width {entry['width']})" if "width" in entry else "")
+        arch = f"unet ({unet_encoder(entry)})" if entry["arch"] == "unet" else entry["arch"]
         slot = slot_of.get(name, name) if entry["arch"] != "unet" else "– (segmenter)"
         lines.append(f"| {name} | {slot} | {arch} | {entry['input_hw'][0]} x {entry['input_hw'][1]} | "
                      f"{entry.get('colour', 'none').replace('_', ' ')} | {trained_for(t)} | {_hardware(t)} |")
@@ -199,6 +199,15 @@ def details_section(card: CardInputs) -> list[str]:
               "and the label is the highest. The U-Net's mask is cleaned to the most central lesion, holes filled. "
               "A domain gate (`derm/gate.py`) first asks whether the image is a dermatoscopic image at all.", ""]
     return lines
+
+
+def _starting_weights(manifest: dict) -> str:
+    """Which networks began from ImageNet weights: torchvision's cannot be had here, EfficientNet-Lite's can."""
+    unet = manifest["models"].get("unet", {})
+    if unet.get("encoder"):
+        return ("The classifiers were trained from scratch; the U-Net's encoder started from ImageNet weights "
+                f"({unet['encoder'].get('package', unet['encoder'].get('name'))}), all with bf16 autocast.")
+    return "All networks were trained from scratch (no pretrained weights), with bf16 autocast."
 
 
 INTENDED_USE = [
@@ -330,7 +339,39 @@ def segmenter_section(card: CardInputs) -> list[str]:
                      f"{_f(s['thresholded_jaccard'])} | {_pct(s['failure_rate'])} |")
     cleaning = card.manifest["models"].get("unet", {}).get("cleaning")
     return lines + ["", "Scored per image at the masks' own 600x450, after upsampling and thresholding" +
-                    (f" and cleaning ({CleanConfig.from_dict(cleaning).describe()})" if cleaning else "") + ".", ""]
+                    (f" and cleaning ({CleanConfig.from_dict(cleaning).describe()})" if cleaning else "") + ".", "",
+                    *segmenter_comparison(card)]
+
+
+def unet_encoder(entry: dict) -> str:
+    """'EfficientNet-Lite0 encoder, ImageNet-pretrained' or 'own encoder of width 32, from scratch'."""
+    encoder = entry.get("encoder")
+    name = encoder if isinstance(encoder, str) else (encoder or {}).get("name", "none")
+    return f"own encoder of width {entry.get('width')}, from scratch" if name == "none" else \
+        f"EfficientNet-{name.capitalize()} encoder, ImageNet-pretrained"
+
+
+def describe_unet(entry: dict) -> str:
+    """The encoder, the input size and whether it runs flipped views."""
+    return f"{unet_encoder(entry)}, {entry['input_hw'][0]}x{entry['input_hw'][1]}" + (", flip TTA" if entry.get("tta") else "")
+
+
+def segmenter_comparison(card: CardInputs) -> list[str]:
+    """The shipped U-Net beside the one it replaced, on every set both were scored on (cleaned masks)."""
+    before = card.metrics.get("previous_segmenter")
+    if not before:
+        return []
+    now_external = {n: e["segmentation"] for n, e in (card.read_json(EXTERNAL_FILE) or {}).items() if "segmentation" in e}
+    rows = [(f"HAM10000 {split}", before["scores"][split], card.metrics["segmenter"][split])
+            for split in card.metrics["segmenter"] if split in before["scores"]]
+    rows += [(name, before["external"][name]["cleaned"], seg["cleaned"])
+             for name, seg in now_external.items() if name in before["external"]]
+    lines = [f"This U-Net ({describe_unet(card.manifest['models']['unet'])}) against the one it replaced "
+             f"({describe_unet(before)}):", "",
+             "| set | Dice before | Dice now | thr. Jaccard before | thr. Jaccard now |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {_f(old['dice'])} | {_f(new['dice'])} | {_f(old['thresholded_jaccard'])} | "
+              f"{_f(new['thresholded_jaccard'])} |" for name, old, new in rows]
+    return lines + [""]
 
 
 def external_section(card: CardInputs) -> list[str]:

@@ -9,15 +9,21 @@ import torchvision
 from torch import nn
 
 from derm.classes import NUM_CLASSES
-from derm.pretrained import build_lite
+from derm.pretrained import LITE, build_lite
 
-CLASSIFIER_ARCHS = ("resnet18", "resnet50")
+CLASSIFIER_ARCHS = ("resnet18", "resnet50")  # the product's ensemble
+TEACHER_ARCHS = tuple(LITE)  # ImageNet-pretrained EfficientNet-Lites: teachers for the ensemble, not in it
 
 
-def build_classifier(arch: str, num_classes: int = NUM_CLASSES) -> nn.Module:
-    """A torchvision ResNet with random weights (derm downloads nothing) and `num_classes` outputs."""
+def build_classifier(arch: str, num_classes: int = NUM_CLASSES, pretrained: bool = False) -> nn.Module:
+    """A torchvision ResNet with random weights (derm downloads nothing), or an EfficientNet-Lite teacher
+    (ImageNet-pretrained when `pretrained`) whose 1000-class head is replaced; `num_classes` outputs."""
+    if arch in TEACHER_ARCHS:
+        model = build_lite(arch, pretrained)
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
+        return model
     if arch not in CLASSIFIER_ARCHS:
-        raise ValueError(f"unknown classifier {arch!r}; choose from {CLASSIFIER_ARCHS}")
+        raise ValueError(f"unknown classifier {arch!r}; choose from {CLASSIFIER_ARCHS + TEACHER_ARCHS}")
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
     # zero-init the last BN of each residual branch: each block starts as identity, which trains
     # faster and more stably from scratch (Goyal et al. 2017; torchvision's zero_init_residual)
@@ -134,7 +140,9 @@ def build_segmenter(unet_width: int = 32, encoder: str = "none", pretrained: boo
 
 
 def build_model(arch: str, unet_width: int = 32, encoder: str = "none", pretrained: bool = False) -> nn.Module:
-    return build_segmenter(unet_width, encoder, pretrained) if arch == "unet" else build_classifier(arch)
+    if arch == "unet":
+        return build_segmenter(unet_width, encoder, pretrained)
+    return build_classifier(arch, pretrained=pretrained)
 
 
 def count_parameters(model: nn.Module) -> int:

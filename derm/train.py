@@ -28,7 +28,7 @@ from derm.colour import METHODS as COLOUR_METHODS
 from derm.colour import apply_constancy
 from derm.data import default_split
 from derm.metrics import batch_dice_iou, classification_report, selection_score
-from derm.models import CLASSIFIER_ARCHS, build_model
+from derm.models import CLASSIFIER_ARCHS, TEACHER_ARCHS, build_model
 from derm.pretrained import ENCODERS, IMAGENET_NORMALIZATION, weights_record
 
 SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
@@ -103,8 +103,8 @@ class TrainConfig:
         problems = []
         if self.task not in ("classifier", "segmenter"):
             problems.append(f"task must be classifier or segmenter, not {self.task!r}")
-        if self.task == "classifier" and self.arch not in CLASSIFIER_ARCHS:
-            problems.append(f"arch must be one of {CLASSIFIER_ARCHS} for a classifier")
+        if self.task == "classifier" and self.arch not in CLASSIFIER_ARCHS + TEACHER_ARCHS:
+            problems.append(f"arch must be one of {CLASSIFIER_ARCHS + TEACHER_ARCHS} for a classifier")
         if self.task == "segmenter" and self.arch != "unet":
             problems.append("the segmenter's arch is unet")
         if not 1 <= self.epochs <= 500:
@@ -137,6 +137,14 @@ class TrainConfig:
             problems.append(f"extra masks: no split.csv in {self.extra_masks}")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+def pretrained_name(config: TrainConfig) -> str | None:
+    """The EfficientNet-Lite whose ImageNet weights the run starts from: a teacher classifier's own arch or
+    the U-Net's encoder; None for the networks trained from scratch."""
+    if config.task == "classifier":
+        return config.arch if config.arch in TEACHER_ARCHS else None
+    return config.encoder if config.encoder != "none" else None
 
 
 def init_checkpoint(init: str) -> Path:
@@ -439,12 +447,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     splits = {name: pixels_to(split, device) for name, split in splits.items()}
     if ctx.is_main:
         distributed.barrier(ctx)
-    pretrained = config.encoder != "none" and not (config.init or resume)  # else its weights follow
-    model = build_model(config.arch, config.unet_width, config.encoder, pretrained)
+    imagenet = pretrained_name(config)  # loaded from its package unless a warm start's or resume's weights follow
+    model = build_model(config.arch, config.unet_width, config.encoder, imagenet is not None and not (config.init or resume))
     model = model.to(device).to(memory_format=torch.channels_last)
-    if config.encoder != "none":  # the ImageNet statistics the pretrained filters expect, and their provenance
+    if imagenet is not None:  # the ImageNet statistics the pretrained filters expect, and their provenance
         norm = data.Normalization(tuple(IMAGENET_NORMALIZATION["mean"]), tuple(IMAGENET_NORMALIZATION["std"]))
-        config.pretrained = config.pretrained or weights_record(config.encoder)
+        config.pretrained = config.pretrained or weights_record(imagenet)
     if config.init and not resume:  # a warm-started model keeps the statistics its weights were trained with
         source = load_init_weights(model, config)
         config.normalization = source.get("normalization") or config.normalization

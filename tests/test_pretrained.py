@@ -116,3 +116,20 @@ def test_a_tiny_lite_unet_trains_exports_and_segments(tiny_weights, data_dir, fi
     assert isinstance(predictor.segmenter.model, LiteUNet)
     rgb = load_image(original_image)
     assert predictor.segment(rgb).shape == rgb.shape[:2]
+
+
+def test_a_tiny_lite_teacher_classifier_trains_from_imagenet_weights(data_dir, fixture_split, tmp_path):
+    from derm.evaluate import load_checkpoint_model
+    from derm.train import TrainConfig, train
+
+    config = TrainConfig.for_task("classifier", "lite0", epochs=1, limit=32, height=48, width=64, batch_size=6,
+                                  data=str(data_dir), split=str(fixture_split))
+    run = train(config, tmp_path / "teacher", progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["normalization"] == IMAGENET_NORMALIZATION and saved["pretrained"]["name"] == "lite0"
+    model, _ = load_checkpoint_model(run)
+    assert model._fc.out_features == 7
+    checkpoint = torch.load(pretrained.weights_file("lite0"), map_location="cpu", weights_only=True)
+    # one epoch at a small learning rate moves the ImageNet filters a little, not back to random
+    drift = (model._blocks[3]._depthwise_conv.weight - checkpoint["_blocks.3._depthwise_conv.weight"]).abs().mean()
+    assert drift < 0.1 * checkpoint["_blocks.3._depthwise_conv.weight"].abs().mean()
