@@ -42,6 +42,7 @@ from derm.pipeline import Predictor, classifier_input
 
 EMBEDDING_VERSION = "pooled-l2-concat-v1"  # change when the embedding's definition changes: new caches
 REPORT_FILE = "similar.json"
+GALLERY_LIMIT_ENV = "DERM_GALLERY_LIMIT"  # at most this many gallery images (quick checks, tests)
 Progress = Callable[[int, int], None]  # (done, total)
 
 
@@ -133,6 +134,13 @@ class Embedded:
     probabilities: np.ndarray | None = None  # N x 7 ensemble probabilities
 
 
+def cache_path(predictor: Predictor, paths: list[str], with_probabilities: bool = False) -> Path:
+    """Where embed_images keeps these images' embeddings for these weights."""
+    key = hashlib.sha1(f"{weights_fingerprint(predictor.weights_dir)}:{files_fingerprint(paths)}:"
+                       f"{with_probabilities}".encode()).hexdigest()[:16]
+    return data.cache_dir() / f"similar_{len(paths)}_{key}.npz"
+
+
 def embed_images(predictor: Predictor, paths: list[str], with_probabilities: bool = False,
                  progress: Progress | None = None, batch_size: int = 32, use_cache: bool = True) -> Embedded:
     """Embed image files in batches, cached per weights version and file list (fp16 on disk).
@@ -140,9 +148,7 @@ def embed_images(predictor: Predictor, paths: list[str], with_probabilities: boo
     Without probabilities only the identity view runs (no TTA): a gallery needs features alone. With
     them, each batch goes through the ensemble as the app runs it and the features come from that pass.
     """
-    key = hashlib.sha1(f"{weights_fingerprint(predictor.weights_dir)}:{files_fingerprint(paths)}:"
-                       f"{with_probabilities}".encode()).hexdigest()[:16]
-    target = data.cache_dir() / f"similar_{len(paths)}_{key}.npz"
+    target = cache_path(predictor, paths, with_probabilities)
     if use_cache and target.is_file():
         stored = np.load(target)
         return Embedded(stored["embeddings"].astype(np.float32), stored["hashes"],
@@ -189,7 +195,9 @@ class Gallery:
 
 
 def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) -> tuple[pd.DataFrame, str]:
-    """The train split of the full dataset, else every image of the shipped test split."""
+    """The train split of the full dataset, else every image of the shipped test split; at most
+    `limit` (or $DERM_GALLERY_LIMIT) images."""
+    limit = limit or int(os.environ.get(GALLERY_LIMIT_ENV) or 0)
     table = data.load_table(source.path)
     if source.complete:
         table = data.attach_split(table, split_path)
@@ -208,6 +216,17 @@ def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, 
     table, description = gallery_table(source, predictor.weights_dir / "split.csv", limit)
     embedded = embed_images(predictor, list(table["image_path"]), progress=progress)
     return Gallery(table, embedded.embeddings, embedded.hashes, description)
+
+
+def gallery_is_cached(predictor: Predictor, source: data.ImageSource | None = None) -> bool:
+    """True when build_gallery will only read its cache (no embedding to wait for)."""
+    source = source or data.image_source()
+    table, _ = gallery_table(source, predictor.weights_dir / "split.csv")
+    return cache_path(predictor, list(table["image_path"])).is_file()
+
+
+def gallery_size(source: data.ImageSource, split_path: Path) -> int:
+    return len(gallery_table(source, split_path)[0])
 
 
 # ----------------------------------------------------------------------------- search
