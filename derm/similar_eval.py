@@ -162,6 +162,7 @@ def card_lines(weights_dir: Path) -> list[str]:
         return []
     rep = json.loads(path.read_text())
     thr = rep["duplicate_threshold"]
+    orig = thr.get("originals_self_similarity")
     lines = ["## Similar confirmed cases",
              f"Retrieval with the ensemble's own pooled features (cosine, gallery: {rep['gallery']['name']}, "
              f"{rep['gallery']['n']} images); the vote of the k = {rep['k']} most similar cases (k chosen on "
@@ -176,6 +177,7 @@ def card_lines(weights_dir: Path) -> list[str]:
     lines += ["",
               f"A case more similar than {thr['value']:.3f} is taken for the query itself and left out ({thr['rule']}; "
               f"{thr['same_lesion_pairs_above']} of {thr['same_lesion_pairs']} same-lesion pairs in val lie above it), "
-              "as is the query's own lesion.",
+              "as is the query's own lesion" + (f"; a full-size original is at least {orig['min']:.3f} similar to its own "
+                                                 f"200x150 copy ({orig['n']} originals)." if orig else "."),
               f"Command: `{rep['command']}`"]
     return lines
