@@ -297,13 +297,13 @@ def describe_vote(found: similar.SimilarCases, result: Result) -> str:
 
 
 def show_case(column, case: pd.Series, key: str, on_pick: Callable[[str], None] | None) -> None:
-    """One similar case: thumbnail, diagnosis, how it was confirmed, similarity, a button to analyse it."""
+    """One similar case: thumbnail, a button to analyse it, diagnosis, how it was confirmed, similarity."""
     column.image(case["image_path"], width="stretch")
     how = DX_TYPES.get(case["dx_type"], case["dx_type"])
-    column.caption(f"**{case['dx']}** · {how} · similarity {case['similarity']:.2f}")
     if on_pick is not None:
         column.button("Analyse", key=f"similar_{key}_{case['image_id']}", on_click=on_pick, args=(case["image_id"],),
                       width="stretch", help=f"{case['image_id']}: {FULL_NAMES[case['dx']]}, confirmed by {how}")
+    column.caption(f"**{case['dx']}** · {how} · similarity {case['similarity']:.2f}")  # under the buttons: in line
 
 
 def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, mark: str = "",
@@ -327,9 +327,8 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)
     st.markdown(describe_vote(found, result))
     shown = found.cases.head(similar.SimilarConfig().shown)
-    for start in range(0, len(shown), 4):
-        for column, (_, case) in zip(st.columns(4), shown.iloc[start:start + 4].iterrows()):
-            show_case(column, case, key, on_pick)
+    for column, (_, case) in zip(st.columns(len(shown) or 1), shown.iterrows()):  # one row of thumbnails
+        show_case(column, case, key, on_pick)
     st.caption(f"From the {cases_gallery.description} ({len(cases_gallery)} confirmed cases), by cosine similarity "
                "of the models' own features; this image's own lesion and near-copies of it are left out. "
                f"Search {seconds * 1000:.0f} ms.")
