@@ -10,7 +10,10 @@ shipped ensemble (ResNet18 x 2, ResNet50 x 2), each L2-normalised, concatenated 
 sqrt(number of networks). Every network then weighs the same whatever its width (512 vs 2048), the
 cosine of two embeddings is the mean of the networks' own cosines, and the features come from the
 forward pass the classification already runs (identity view; Predictor.analyse keeps them), so a
-query costs one matrix product.
+query costs one matrix product. Pooled ReLU features share a large common component (raw cosines all
+lie between about 0.9 and 1), so each network's block is centred on the gallery's mean block and
+renormalised before the cosine: on HAM10000 val (gallery: train) that raised the vote's balanced
+accuracy at its best k from 0.649 to 0.697 (macro AUC 0.903 -> 0.894, precision@8 0.773 -> 0.766).
 
 Gallery: the confirmed HAM10000 cases the models trained on (the train split) when the full dataset is
 present, else the test split shipped in data/ham10000-test. Its embeddings are computed once per
@@ -56,7 +59,7 @@ class SimilarConfig:
 
     shown: int = 8
     k: int = 8  # neighbours in the similarity-weighted vote
-    duplicate_threshold: float = 0.97  # cosine above which a gallery image is taken for the query itself
+    duplicate_threshold: float = 0.98  # cosine above which a gallery image is taken for the query itself
     batch_size: int = 32
 
     @classmethod
@@ -180,18 +183,47 @@ def embed_images(predictor: Predictor, paths: list[str], with_probabilities: boo
 # ----------------------------------------------------------------------------- the gallery
 
 
+def centre(embeddings: np.ndarray, mean: np.ndarray, blocks: tuple[int, ...]) -> np.ndarray:
+    """Each network's block minus the gallery's mean block, renormalised, over sqrt(networks)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, sum(blocks))
+    parts, start = [], 0
+    for width in blocks:
+        part = embeddings[:, start:start + width] - mean[start:start + width]
+        parts.append(part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12))
+        start += width
+    return np.concatenate(parts, axis=1) / np.sqrt(len(blocks))
+
+
 @dataclass
 class Gallery:
-    """Confirmed cases and their embeddings: table rows (image_id, lesion_id, label, dx_type,
-    image_path) in the order of the embedding rows."""
+    """Confirmed cases and their embeddings (in search space: centred when `mean` is set): table rows
+    (image_id, lesion_id, label, dx_type, image_path) in the order of the embedding rows."""
 
     table: pd.DataFrame
     embeddings: np.ndarray
     hashes: np.ndarray
     description: str
+    mean: np.ndarray | None = None  # the gallery's mean raw embedding; None: no centring
+    blocks: tuple[int, ...] = ()  # each network's width in the embedding
+
+    @classmethod
+    def centred_on_itself(cls, table: pd.DataFrame, raw: np.ndarray, hashes: np.ndarray, description: str,
+                          blocks: tuple[int, ...]) -> "Gallery":
+        mean = raw.mean(axis=0)
+        return cls(table, centre(raw, mean, blocks), hashes, description, mean, blocks)
+
+    def project(self, queries: np.ndarray) -> np.ndarray:
+        """Raw query embeddings (Q x D) into the gallery's search space."""
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.embeddings.shape[1])
+        return queries if self.mean is None else centre(queries, self.mean, self.blocks)
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+def blocks_of(predictor: Predictor) -> tuple[int, ...]:
+    """Each classifier's pooled width, in the embedding's (name) order."""
+    return tuple(predictor.classifiers[n].model.fc.in_features for n in sorted(predictor.classifiers))
 
 
 def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) -> tuple[pd.DataFrame, str]:
@@ -215,7 +247,7 @@ def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, 
     source = source or data.image_source()
     table, description = gallery_table(source, predictor.weights_dir / "split.csv", limit)
     embedded = embed_images(predictor, list(table["image_path"]), progress=progress)
-    return Gallery(table, embedded.embeddings, embedded.hashes, description)
+    return Gallery.centred_on_itself(table, embedded.embeddings, embedded.hashes, description, blocks_of(predictor))
 
 
 def gallery_is_cached(predictor: Predictor, source: data.ImageSource | None = None) -> bool:
@@ -247,7 +279,7 @@ def similarities(gallery: Gallery, queries: np.ndarray) -> np.ndarray:
     Exact and fast enough here (10,000 x 5,120 floats: ~10 ms per query on one core); for millions of
     cases an approximate index (faiss, e.g. IVF or HNSW) would take over.
     """
-    return np.asarray(queries, dtype=np.float32).reshape(-1, gallery.embeddings.shape[1]) @ gallery.embeddings.T
+    return gallery.project(queries) @ gallery.embeddings.T
 
 
 def excluded(gallery: Gallery, sims: np.ndarray, query: Query, threshold: float) -> np.ndarray:

@@ -86,10 +86,11 @@ def choose_threshold(gallery: Gallery, val: Embedded, val_set: EvalSet) -> dict:
     top = similarities(gallery, val.embeddings).max(axis=1)
     value = float(np.quantile(top, DIFFERENT_LESION_QUANTILE))
     lesions = pd.Series(val_set.lesions)
+    projected = gallery.project(val.embeddings)
     same = []
     for _, idx in lesions.groupby(lesions).groups.items():
         if len(idx) > 1:
-            block = val.embeddings[list(idx)] @ val.embeddings[list(idx)].T
+            block = projected[list(idx)] @ projected[list(idx)].T
             same += block[np.triu_indices(len(idx), 1)].tolist()
     same_arr = np.array(same)
     return {"value": round(value, 4), "rule": f"{DIFFERENT_LESION_QUANTILE:.1%} quantile of each HAM10000 val "
@@ -108,7 +109,7 @@ def original_self_similarity(predictor: Predictor, gallery: Gallery, data_dir: P
         return None
     embedded = embed_images(predictor, paths)
     rows = gallery.table.reset_index().set_index("image_id").loc[[Path(p).stem for p in paths], "index"].to_numpy()
-    own = np.einsum("nd,nd->n", embedded.embeddings, gallery.embeddings[rows])
+    own = np.einsum("nd,nd->n", gallery.project(embedded.embeddings), gallery.embeddings[rows])
     return {"n": len(paths), "min": round(float(own.min()), 4), "median": round(float(np.median(own)), 4)}
 
 
