@@ -540,8 +540,6 @@ def _add_similar(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    import dataclasses as dc
-
     import pandas as pd
 
     from derm import similar
@@ -556,7 +554,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     except DataNotFoundError as exc:
         print(f"derm similar: {exc}", file=sys.stderr)
         return 2
-    config = dc.replace(similar.SimilarConfig.from_weights(predictor.weights_dir), shown=args.k)
+    config = similar.SimilarConfig.from_weights(predictor.weights_dir)  # the near-duplicate threshold chosen on val
     paths = [str(similar.resolve_image_path(p, table)) for p in args.paths]
     failed, rows = 0, []
     for given, (path, rgb) in zip(args.paths, _images(paths)):
