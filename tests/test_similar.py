@@ -109,9 +109,18 @@ def test_cli_prints_one_csv_row_per_case_without_the_image_itself(tiny_weights, 
     assert image_id not in set(frame["image_id"]) and set(frame["dx"]) <= set(CLASSES)
 
 
+def test_the_threshold_balances_lost_neighbours_against_self_matches():
+    other = np.linspace(0.5, 0.95, 100)  # nearest other-lesion similarities
+    own = np.linspace(0.9, 1.0, 100)  # originals against their own copy
+    t = similar_eval.equal_error_threshold(other, own)
+    assert abs((other > t).mean() - (own <= t).mean()) <= 0.02 and 0.9 <= t <= 0.95
+
+
 def test_card_lines_render_a_short_table(tmp_path):
     report = {"command": "python -m derm similar-eval", "gallery": {"name": "HAM10000 train split", "n": 8011}, "k": 10,
-              "duplicate_threshold": {"value": 0.95, "rule": "r", "same_lesion_pairs": 10, "same_lesion_pairs_above": 2},
+              "duplicate_threshold": {"value": 0.95, "rule": "r", "same_lesion_pairs": 10, "same_lesion_pairs_above": 2,
+                                     "val_losing_nearest_neighbour": 0.01, "originals_finding_themselves": 0.02,
+                                     "originals_self_similarity": {"n": 139, "min": 0.9, "median": 0.99}},
               "sets": {name: {"n": 100, "knn": {"balanced_accuracy": 0.5, "macro_auc": 0.8, "precision_at_8": 0.6},
                               "softmax": {"balanced_accuracy": 0.6, "macro_auc": 0.9}}
                        for name in ("HAM10000 val", "HAM10000 test", "derm7pt")}}
