@@ -21,8 +21,11 @@ weights version and gallery file list and cached in derm.data.cache_dir() (never
 
 Exclusions, so that a dataset image does not just find itself: its own lesion (same lesion_id), any
 gallery image with the same pixels at the models' input, and any gallery image more similar than the
-near-duplicate threshold (chosen on validation data by `python -m derm similar-eval`, kept in
-weights/similar.json).
+near-duplicate threshold (chosen on HAM10000 val and the dataset's full-size originals by
+`python -m derm similar-eval`, kept in weights/similar.json; derm.similar_eval says how).
+
+The gallery of the shipped test split (1,002 images) is embedded at first use rather than shipped: as
+fp16 it would be 10 MB, and weights/ must stay under 150 MiB.
 """
 
 from __future__ import annotations
