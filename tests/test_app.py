@@ -272,6 +272,22 @@ def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir
     assert len(similar_case_buttons(at)) == 8  # the gallery is ready now: no second click
 
 
+def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(runs_dir, small_gallery, monkeypatch):
+    from derm.gate import GateDecision
+    from derm.pipeline import Predictor
+
+    refused = GateDecision(False, 0.01, 99.0, "photo", "It looks like an ordinary photo.")
+    monkeypatch.setattr(Predictor, "check_domain", lambda self, images: [refused] * len(images))
+    at = start_app()
+    at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()
+    assert "Not analysed" in texts(at.error)
+    assert "Similar confirmed cases" not in texts(at.markdown) and not similar_case_buttons(at)
+    override = next(t for t in at.toggle if t.label == "Show the models' guess anyway")
+    override.set_value(True).run()
+    build_similar(at)
+    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(similar_case_buttons(at)) == 8
+
+
 def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, tiny_weights, small_gallery):
     frame = explorer.load_predictions(tiny_weights)
     at = start_app("app_pages/explorer.py")
