@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -19,7 +21,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from derm import data, report
+from derm import data, report, similar
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
 from derm.explain import overlay_heatmap, overlay_mask
 from derm.pipeline import Predictor, Result
@@ -103,6 +105,30 @@ def ham_table_or_none() -> pd.DataFrame | None:
     return _ham_table(str(source.path)) if source else None
 
 
+_GALLERIES: dict[tuple[str, str], similar.Gallery] = {}  # per weights and image folder, shared by sessions
+_GALLERY_LOCK = threading.Lock()
+
+
+def gallery_ready(predictor: Predictor, source: data.ImageSource) -> bool:
+    """True when the similar cases can be shown at once (in memory or in the disk cache)."""
+    return (str(predictor.weights_dir), str(source.path)) in _GALLERIES or similar.gallery_is_cached(predictor, source)
+
+
+def gallery(predictor: Predictor, source: data.ImageSource) -> similar.Gallery:
+    """The confirmed cases for these models; embedding them the first time shows a progress bar."""
+    key = (str(predictor.weights_dir), str(source.path))
+    with _GALLERY_LOCK:
+        if key not in _GALLERIES:
+            bar = st.progress(0.0, text="Preparing the similar cases (once for these models)…")
+
+            def update(done: int, total: int) -> None:
+                bar.progress(done / total, text=f"Preparing the similar cases: {done} of {total} confirmed cases "
+                                                "(once for these models)")
+            _GALLERIES[key] = similar.build_gallery(predictor, source, progress=update)
+            bar.empty()
+    return _GALLERIES[key]
+
+
 # ----------------------------------------------------------------------------- per browser session cache
 
 
@@ -119,6 +145,17 @@ def remember(store: str, key: tuple, compute: Callable[[], T]) -> T:
         while len(cache) > SESSION_CACHE_SIZE:
             cache.pop(next(iter(cache)))
     return cache[key]
+
+
+def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Result, gallery_: similar.Gallery,
+                  lesion_id: str | None) -> tuple[similar.SimilarCases, float]:
+    """The cases for one analysed image (and the seconds the search took), once per session."""
+    def compute() -> tuple[similar.SimilarCases, float]:
+        start = time.perf_counter()
+        query = similar.query_for(predictor, rgb, result.features, lesion_id)
+        cases = similar.find_similar(gallery_, query, similar.SimilarConfig.from_weights(predictor.weights_dir))
+        return cases, time.perf_counter() - start
+    return remember("similar", (str(predictor.weights_dir), key, len(gallery_), lesion_id), compute)
 
 
 def analysis(predictor: Predictor, rgb: np.ndarray, key: str) -> Result:
@@ -234,11 +271,75 @@ def show_refusal(result: Result, key: str) -> bool:
     return True
 
 
+SIMILAR_BUTTON = "Show similar confirmed cases"
+CASES_PER_MINUTE = 300  # gallery images embedded per minute by the shipped ensemble on one busy core (measured)
+PICK_KEY = "analyse_case"  # a case clicked on another page, for the Diagnose page to analyse
+DIAGNOSE_PAGE = "app_pages/diagnose.py"
+
+
+def analyse_on_diagnose_page(image_id: str) -> None:
+    """Button callback on pages other than Diagnose: remember the case; the page then switches."""
+    st.session_state[PICK_KEY] = image_id
+
+
+def follow_pick_to_diagnose() -> None:
+    """After analyse_on_diagnose_page, open the Diagnose page (switch_page cannot run in a callback)."""
+    if st.session_state.get(PICK_KEY):
+        st.switch_page(DIAGNOSE_PAGE)
+
+
+def describe_vote(found: similar.SimilarCases, result: Result) -> str:
+    share = found.vote[found.label]
+    verdict = ("agrees with the ensemble" if found.agrees_with(result.label) else
+               f"differs from the ensemble's {result.label}")
+    return (f"Vote of the {found.k} most similar cases (weighted by similarity): **{FULL_NAMES[found.label]} "
+            f"({found.label})**, {share:.0%}: {verdict}.")
+
+
+def show_case(column, case: pd.Series, key: str, on_pick: Callable[[str], None] | None) -> None:
+    """One similar case: thumbnail, a button to analyse it, diagnosis, how it was confirmed, similarity."""
+    column.image(case["image_path"], width="stretch")
+    how = DX_TYPES.get(case["dx_type"], case["dx_type"])
+    if on_pick is not None:
+        column.button("Analyse", key=f"similar_{key}_{case['image_id']}", on_click=on_pick, args=(case["image_id"],),
+                      width="stretch", help=f"{case['image_id']}: {FULL_NAMES[case['dx']]}, confirmed by {how}")
+    column.caption(f"**{case['dx']}** · {how} · similarity {case['similarity']:.2f}")  # under the buttons: in line
+
+
+def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, mark: str = "",
+                 lesion_id: str | None = None, on_pick: Callable[[str], None] | None = None) -> None:
+    """The most similar confirmed cases beside the diagnosis, and their vote against the ensemble's answer.
+
+    Building the gallery the first time takes minutes, so then it waits for the user's click.
+    """
+    st.markdown(f"**Similar confirmed cases{mark}**")
+    source = image_source_or_none()
+    if source is None:
+        st.caption("No HAM10000 images here, so there are no confirmed cases to compare with.")
+        return
+    if not gallery_ready(predictor, source) and not st.button(SIMILAR_BUTTON, key=f"similar_build_{key}",
+                                                              icon=":material/image_search:"):
+        size = similar.gallery_size(source, predictor.weights_dir / "split.csv")
+        st.caption(f"The first time, the models look at each of the {size} confirmed cases once (on one CPU core "
+                   f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once.")
+        return
+    cases_gallery = gallery(predictor, source)
+    found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)
+    st.markdown(describe_vote(found, result))
+    shown = found.cases.head(similar.SimilarConfig().shown)
+    for column, (_, case) in zip(st.columns(len(shown) or 1), shown.iterrows()):  # one row of thumbnails
+        show_case(column, case, key, on_pick)
+    st.caption(f"From the {cases_gallery.description} ({len(cases_gallery)} confirmed cases), by cosine similarity "
+               "of the models' own features; this image's own lesion and near-copies of it are left out. "
+               f"Search {seconds * 1000:.0f} ms.")
+
+
 UNRELIABLE = ("Every number below comes from models that were not made for this image: treat all of it as "
               "meaningless.")
 
 
-def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Series | None = None) -> Result:
+def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Series | None = None,
+                  on_pick: Callable[[str], None] | None = None) -> Result:
     """Everything about one image: headline, warnings, probabilities, models, Grad-CAM, mask, download.
 
     An image the domain gate refuses shows only the reason, until the user opts in; then every
@@ -260,6 +361,7 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
     with right:
         st.markdown(f"**Which model answers each class{mark}**")
         show_model_table(result)
+    show_similar(predictor, rgb, result, key, mark, None if truth is None else str(truth["lesion_id"]), on_pick)
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Where the model looked{mark}**")

@@ -23,9 +23,18 @@ def pick_random(table: pd.DataFrame) -> None:
 
 
 def pick_example(image_id: str) -> None:
-    """Button callback: the example goes through the HAM10000 source, so its ground truth is shown."""
+    """Button callback (an example, or a similar case): the image goes through the HAM10000 source, so
+    its ground truth is shown."""
     st.session_state["source"] = HAM
     st.session_state["ham_id"] = image_id
+
+
+def take_pick_from_elsewhere() -> None:
+    """A similar case clicked on another page (the explorer) arrives here as ui.PICK_KEY: it becomes
+    the HAM10000 image to analyse before the source widgets are drawn."""
+    image_id = st.session_state.pop(ui.PICK_KEY, None)
+    if image_id:
+        pick_example(image_id)
 
 
 def show_examples(table: pd.DataFrame) -> None:
@@ -110,6 +119,7 @@ def decoded(raw: bytes, name: str) -> np.ndarray | None:
 
 def main() -> None:
     st.title("Diagnose a lesion photo")
+    take_pick_from_elsewhere()
     st.markdown(ui.DISCLAIMER)
     images = ui.image_source_or_none()
     table = ui.ham_table_or_none()
@@ -124,7 +134,7 @@ def main() -> None:
         return
     predictor = ui.predictor_or_none()
     if predictor is not None:
-        ui.show_analysis(predictor, rgb, name, truth)
+        ui.show_analysis(predictor, rgb, name, truth, on_pick=pick_example if table is not None else None)
 
 
 main()

@@ -120,6 +120,7 @@ def show_opened(frame: pd.DataFrame, table: pd.DataFrame, model: str) -> None:
                     default_class=predicted)
     ui.show_mask(rgb, result)
     ui.show_measurements(result)
+    ui.show_similar(predictor, rgb, result, key, lesion_id=str(row["lesion_id"]), on_pick=ui.analyse_on_diagnose_page)
 
 
 def show_cell(frame: pd.DataFrame, table: pd.DataFrame | None, model: str, cell: tuple[str, str]) -> None:
@@ -144,6 +145,7 @@ def show_cell(frame: pd.DataFrame, table: pd.DataFrame | None, model: str, cell:
 
 
 def main() -> None:
+    ui.follow_pick_to_diagnose()
     st.title("Test-set explorer")
     weights_dir = ui.active_weights_dir()
     try:

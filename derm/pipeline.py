@@ -79,16 +79,38 @@ class ClassifierModel:
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Mean softmax over the TTA views, then tempered: p^(1/T), renormalised."""
+        return self.probabilities_and_features(x)[0]
+
+    @torch.no_grad()
+    def probabilities_and_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """probabilities() and, from the same forward pass, the identity view's pooled features (the
+        input to `fc`, N x C): what derm.similar retrieves with, at no extra cost."""
         views = ("identity", *self.tta) if self.tta else ("identity",)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            probs = torch.stack([self.model(view(x, v)).float().softmax(1) for v in views]).mean(0)
-        return temper(probs.numpy(), self.temperature)
+            pooled = pooled_features(self.model, x)
+            softmaxes = [self.model.fc(pooled).float().softmax(1)]
+            softmaxes += [self.model(view(x, v)).float().softmax(1) for v in views[1:]]
+        return temper(torch.stack(softmaxes).mean(0).numpy(), self.temperature), pooled.float().numpy()
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        """The pooled features alone (identity view, no TTA): for building a retrieval gallery."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return pooled_features(self.model, x).float().numpy()
 
     @torch.no_grad()
     def energy(self, x: torch.Tensor) -> np.ndarray:
         """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return torch.logsumexp(self.model(x).float(), 1).numpy()
+
+
+def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision ResNet's forward pass up to `fc` (its global-average-pooled features): the same
+    operations as model(x), so model.fc(pooled_features(model, x)) equals model(x)."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -178,6 +200,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     domain: GateDecision | None = None  # the domain gate's verdict; None when the weights have no gate
+    features: dict[str, np.ndarray] | None = None  # each classifier's pooled features (derm.similar)
 
     @property
     def in_domain(self) -> bool:
@@ -252,8 +275,10 @@ class Predictor:
         slots = average_members(per_model, self.members)
         return combine(slots, self.routing, self.prior, self.prior_correction), slots
 
-    def model_probabilities(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Every classifier's tempered probabilities (N x 7), members of a slot separately."""
+    def model_probabilities(self, images: list[np.ndarray],
+                            features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Every classifier's tempered probabilities (N x 7), members of a slot separately; when a
+        dict `features` is given, each classifier's pooled features from the same pass go into it."""
         per_model = {}
         tensors: dict[tuple, torch.Tensor] = {}
         for name, clf in self.classifiers.items():
@@ -261,22 +286,38 @@ class Predictor:
             if key not in tensors:
                 tensors[key] = clf.tensor(images)
             with self._lock:
-                per_model[name] = clf.probabilities(tensors[key])
+                per_model[name], pooled = clf.probabilities_and_features(tensors[key])
+            if features is not None:
+                features[name] = pooled
         return per_model
+
+    def model_features(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every classifier's pooled features (identity view only): what a retrieval gallery stores."""
+        features = {}
+        tensors: dict[tuple, torch.Tensor] = {}
+        for name, clf in self.classifiers.items():
+            key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]), clf.colour)
+            if key not in tensors:
+                tensors[key] = clf.tensor(images)
+            with self._lock:
+                features[name] = clf.features(tensors[key])
+        return features
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
         """Classify, segment, measure and warn for one RGB uint8 image."""
         tg = time.perf_counter()
         domain = self.check_domain([rgb])[0]
         t0 = time.perf_counter()
-        combined, per_model = self.classify([rgb])
+        features: dict[str, np.ndarray] = {}
+        combined, per_model = self.ensemble(self.model_probabilities([rgb], features))
         t1 = time.perf_counter()
         probs = {c: float(combined[0, i]) for i, c in enumerate(CLASSES)}
         label = max(probs, key=probs.get)
         result = Result(probabilities=probs,
                         per_model={m: {c: float(p[0, i]) for i, c in enumerate(CLASSES)} for m, p in per_model.items()},
                         source=dict(self.routing), label=label, confidence=probs[label],
-                        seconds={"gate": t0 - tg, "classify": t1 - t0}, domain=domain)
+                        seconds={"gate": t0 - tg, "classify": t1 - t0}, domain=domain,
+                        features={name: f[0] for name, f in features.items()})
         if with_mask and self.segmenter is not None:
             result.mask, _ = self.segmenter.mask(rgb)
             result.lesion = lesion.measure(rgb, result.mask)

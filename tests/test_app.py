@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from derm import catalog, data, explorer, jobs, runs
+from derm import catalog, data, explorer, jobs, runs, similar
 from derm.classes import CLASSES, FULL_NAMES
 from derm.pipeline import Result
 
@@ -217,6 +217,93 @@ def test_an_example_click_gives_a_result_beside_its_ground_truth(runs_dir, no_da
     assert at.subheader[0].value.startswith(f"Most likely: {FULL_NAMES[result.label]}")
     assert f"ground truth for {first}: **{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})**" in texts(at.info)
     assert at.radio(key="source").value == "HAM10000 image" and at.text_input(key="ham_id").value == first
+
+
+SIMILAR_GALLERY = 40
+
+
+@pytest.fixture
+def small_gallery(no_dataset, tmp_path, monkeypatch) -> None:
+    """Similar cases from the first 40 shipped test images, cached in a folder of this test's own."""
+    monkeypatch.setenv(similar.GALLERY_LIMIT_ENV, str(SIMILAR_GALLERY))
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def similar_case_buttons(at: AppTest) -> list:
+    return [b for b in at.button if b.key and b.key.startswith("similar_") and not b.key.startswith("similar_build_")]
+
+
+def case_id(button) -> str:
+    return button.key.split("_", 2)[2]  # similar_<image key>_<ISIC id>
+
+
+def build_similar(at: AppTest) -> AppTest:
+    """Click the button that builds the gallery (absent once this server process has built it)."""
+    for build in [b for b in at.button if b.key and b.key.startswith("similar_build_")]:
+        assert build.label == "Show similar confirmed cases"
+        build.click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir, small_gallery):
+    at = start_app()
+    first = catalog.EXAMPLES["MEL"]
+    at.button(key=f"example_{first}").click().run()
+    if not similar_case_buttons(at):  # the first time this process shows cases: it asks before minutes of work
+        assert "confirmed cases once" in texts(at.caption)
+    build_similar(at)
+    [result] = analyses(at)
+    vote = next(m.value for m in at.markdown if m.value.startswith("Vote of the"))
+    assert "agrees with the ensemble" in vote or f"differs from the ensemble's {result.label}" in vote
+    cases = similar_case_buttons(at)
+    assert len(cases) == 8 and all(b.label == "Analyse" for b in cases)
+    shown = [c for c in texts(at.caption).split(" | ") if " · similarity " in c]
+    assert len(shown) == 8 and all(c.startswith("**") for c in shown)
+    lesion = data.load_table(data.TEST_SUBSET_DIR).set_index("image_id").loc[first, "lesion_id"]
+    gallery_lesions = data.load_table(data.TEST_SUBSET_DIR).set_index("image_id")["lesion_id"]
+    assert all(gallery_lesions[case_id(b)] != lesion for b in cases)  # never the image's own lesion
+
+    picked = case_id(cases[0])
+    cases[0].click().run()
+    assert not at.exception
+    assert at.text_input(key="ham_id").value == picked and len(analyses(at)) == 2
+    assert f"ground truth for {picked}" in texts(at.info)
+    assert len(similar_case_buttons(at)) == 8  # the gallery is ready now: no second click
+
+
+def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(runs_dir, small_gallery, monkeypatch):
+    from derm.gate import GateDecision
+    from derm.pipeline import Predictor
+
+    refused = GateDecision(False, 0.01, 99.0, "photo", "It looks like an ordinary photo.")
+    monkeypatch.setattr(Predictor, "check_domain", lambda self, images: [refused] * len(images))
+    at = start_app()
+    at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()
+    assert "Not analysed" in texts(at.error)
+    assert "Similar confirmed cases" not in texts(at.markdown) and not similar_case_buttons(at)
+    override = next(t for t in at.toggle if t.label == "Show the models' guess anyway")
+    override.set_value(True).run()
+    build_similar(at)
+    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(similar_case_buttons(at)) == 8
+
+
+def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, tiny_weights, small_gallery):
+    frame = explorer.load_predictions(tiny_weights)
+    at = start_app("app_pages/explorer.py")
+    model = at.selectbox(key="explorer_model").value
+    true, pred = frame.iloc[0]["true"], frame.iloc[0][f"{model}_pred"]
+    at.selectbox(key=explorer.TRUE_KEY).set_value(true).run()
+    at.selectbox(key=explorer.PRED_KEY).set_value(pred).run()
+    opened = explorer.images_in_cell(frame, model, true, pred)["image_id"].iloc[0]
+    at.button(key=f"open_{opened}").click().run()
+    build_similar(at)
+    cases = similar_case_buttons(at)
+    assert len(cases) == 8
+    picked = case_id(cases[0])
+    cases[0].click().run()
+    assert not at.exception
+    assert at.text_input(key="ham_id").value == picked and f"ground truth for {picked}" in texts(at.info)
 
 
 def test_without_weights_every_page_says_so(tmp_path, monkeypatch, original_image):

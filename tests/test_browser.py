@@ -1,6 +1,6 @@
 """End to end in a real browser: `streamlit run`, Chromium (Debian's, driven by Playwright), an
-uploaded full-size photo, the diagnosis and both overlays on screen, one click on an example, the
-explorer's images for a clicked cell, and screenshots to look at. The server runs as in a fresh
+uploaded full-size photo, the diagnosis and both overlays on screen, one click on an example, one on
+a similar case, the explorer's images for a clicked cell, and screenshots to look at. The server runs as in a fresh
 clone: the full HAM10000 is hidden, so the images come from the test split shipped in the repo.
 """
 
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 START_TIMEOUT_S = 60
 WAIT_MS = 180_000  # generous: the first answer includes loading the models on a busy machine
+SIMILAR_GALLERY = 40  # similar cases from the first 40 shipped test images: seconds to embed
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is not installed (apt-get install chromium)")
 
@@ -57,7 +58,8 @@ def app_url(tiny_weights, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path / "streamlit.log"
     env = {**os.environ, "DERM_WEIGHTS": str(tiny_weights), "DERM_RUNS": str(tmp_path / "runs"),
-           "DERM_DATA": str(tmp_path / "no-dataset")}
+           "DERM_DATA": str(tmp_path / "no-dataset"), "DERM_GALLERY_LIMIT": str(SIMILAR_GALLERY),
+           "DERM_CACHE": str(tmp_path / "cache")}
     with open(log, "w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.headless", "true",
@@ -142,6 +144,59 @@ def test_the_first_example_gives_a_result_in_a_real_browser(app_url):
         expect(page.get_by_text(f"{FULL_NAMES[CLASSES[0]]} ({CLASSES[0]})").first).to_be_visible()
         expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)
         wait_for_loaded_images(page, len(CLASSES) + 2)  # and Grad-CAM and the outline
+        expect(page.locator('[data-testid="stException"]')).to_have_count(0)
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+
+
+def expected_first_case(tiny_weights: Path, image_id: str, tmp_path: Path) -> str:
+    """The case the server should rank first for a shipped image, computed here with the same code."""
+    from derm import catalog, data, similar
+    from derm.imageio import load_image
+    from derm.pipeline import Predictor
+
+    os.environ[data.CACHE_ENV] = str(tmp_path)
+    try:
+        predictor = Predictor(tiny_weights)
+        table = data.load_table(data.TEST_SUBSET_DIR)
+        row = catalog.find_image(table, image_id)
+        rgb = load_image(catalog.image_path(row))
+        gallery = similar.build_gallery(predictor, data.ImageSource(data.TEST_SUBSET_DIR, complete=False),
+                                        limit=SIMILAR_GALLERY)
+        query = similar.query_for(predictor, rgb, predictor.analyse(rgb).features, row["lesion_id"])
+        return str(similar.find_similar(gallery, query, similar.SimilarConfig()).cases["image_id"].iloc[0])
+    finally:
+        os.environ.pop(data.CACHE_ENV)
+
+
+def test_a_similar_case_click_analyses_that_case_in_a_real_browser(app_url, tiny_weights, tmp_path):
+    from playwright.sync_api import expect
+
+    from derm.catalog import EXAMPLES
+    from derm.classes import CLASSES
+
+    first = EXAMPLES[CLASSES[0]]
+    expected = expected_first_case(tiny_weights, first, tmp_path)
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "diagnose-similar.png"
+    screenshot.unlink(missing_ok=True)
+    with browser_page() as page:
+        page.goto(app_url)
+        page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
+        buttons = page.get_by_test_id("stButton")
+        buttons.get_by_role("button", name="Analyse", exact=True).first.click()
+        expect(page.get_by_text(f"HAM10000 ground truth for {first}")).to_be_visible(timeout=WAIT_MS)
+        show = buttons.get_by_role("button", name="Show similar confirmed cases")
+        vote = page.get_by_text("Vote of the")
+        show.or_(vote).first.wait_for(timeout=WAIT_MS)
+        if show.count():  # absent when this server already built the gallery
+            show.click()
+        vote.wait_for(timeout=WAIT_MS)
+        cases = buttons.get_by_role("button", name="Analyse", exact=True)
+        expect(cases).to_have_count(len(CLASSES) + 8)  # the examples row, then the 8 similar cases
+        wait_for_loaded_images(page, len(CLASSES) + 8)
+        cases.nth(len(CLASSES)).click()  # the most similar case
+        expect(page.get_by_text(f"HAM10000 ground truth for {expected}")).to_be_visible(timeout=WAIT_MS)
         expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
