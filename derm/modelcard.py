@@ -480,10 +480,17 @@ def citation_section(card: CardInputs) -> list[str]:
 
 
 Section = Callable[[CardInputs], list[str]]
+def similar_section(card: CardInputs) -> list[str]:
+    """k-NN retrieval with the ensemble's features beside its softmax (weights/similar.json)."""
+    from derm.similar_eval import card_lines
+
+    return card_lines(card.weights_dir)
+
+
 SECTIONS: list[Section] = [
     title_section, details_section, intended_use_section, training_data_section, evaluation_data_section,
     headline_section, per_class_section, models_section, calibration_section, segmenter_section,
-    external_section, choices_section, limitations_section, reproduce_section, citation_section,
+    external_section, similar_section, choices_section, limitations_section, reproduce_section, citation_section,
 ]
 
 

@@ -186,7 +186,7 @@ def card_lines(weights_dir: Path) -> list[str]:
     rep = json.loads(path.read_text())
     thr = rep["duplicate_threshold"]
     orig = thr.get("originals_self_similarity")
-    lines = ["## Similar confirmed cases",
+    lines = ["## Similar confirmed cases", "",
              f"Retrieval with the ensemble's own pooled features (centred on the gallery, cosine; gallery: "
              f"{rep['gallery']['name']}, {rep['gallery']['n']} images): the similarity-weighted vote of the k = "
              f"{rep['k']} most similar cases, beside the ensemble's softmax on the same images. k and the centring "
@@ -204,5 +204,5 @@ def card_lines(weights_dir: Path) -> list[str]:
               f"the query itself; {thr['rule']}): {thr['val_losing_nearest_neighbour']:.1%} of val images lose their "
               "nearest neighbour to it" + (f", {found_itself:.1%} of {orig['n']} full-size originals uploaded under "
                                           "another name still find their own copy." if orig else "."),
-              f"Command: `{rep['command']}`"]
+              "", f"Command: `{rep['command']}`", ""]
     return lines
