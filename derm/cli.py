@@ -48,6 +48,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or crashed run from its last.pt")
     p.add_argument("--init", metavar="RUN_DIR", help="warm start: begin from this run's best.pt weights, or "
                    "from shipped weights (weights/resnet50.safetensors), with a fresh optimiser and schedule")
+    p.add_argument("--teacher", nargs="+", metavar="RUN", help="classifier: distil these classifier runs' "
+                   "softened predictions (averaged) into this one, besides the labels")
+    p.add_argument("--distill-temperature", type=float, help="with --teacher: softmax temperature (default 4)")
+    p.add_argument("--distill-alpha", type=float, help="with --teacher: weight of the teachers' answers against "
+                   "the labels, 0 to 1 (default 0.9)")
+    p.add_argument("--unlabelled", metavar="DIR", help="with --teacher: also train on the train images of this "
+                   "folder in isic2018_task1's layout, without labels, e.g. ../shared/isic2018_task1")
     p.set_defaults(func=cmd_train)
 
 
@@ -68,7 +75,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             augment=args.augment, colour=args.colour, epoch_samples=args.epoch_samples, label_smoothing=args.label_smoothing,
             precision="fp32" if args.fp32 else None, unet_width=args.unet_width, seed=args.seed,
             extra_masks=args.extra_masks, encoder=args.encoder,
-            limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init)
+            limit=args.limit, threads=args.threads, data=args.data, split=args.split, init=args.init,
+            teacher=args.teacher, distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha,
+            unlabelled=args.unlabelled)
         try:
             config.validate()
             if config.init and not init_checkpoint(config.init).is_file():

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from derm import data, runs
+from derm import data, distill, runs
 from derm.augment import TTA_VIEWS
 from derm.classes import CLASSES
 from derm.evaluate import (classifier_probabilities, full_resolution_scores, load_checkpoint_model,
@@ -86,6 +86,8 @@ def command_for(config: dict) -> str:
     recipe = TrainConfig.from_dict(config)
     if recipe.init and not recipe.init.endswith((".pt", ".safetensors")):  # a run folder: name it as it would be on any machine
         recipe.init = f"runs/{Path(recipe.init).name}"
+    if recipe.teacher:  # so are the teachers' run folders
+        recipe.teacher = [f"runs/{Path(run).name}" for run in recipe.teacher]
     return " ".join(["python -m derm train", *recipe.cli_args(RECIPE_FIELDS, only_changed=True)])
 
 
@@ -136,6 +138,8 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
                                     "normalization": config["normalization"],
                                     "colour": config.get("colour", "none"), "temperature": 1.0, "tta": [],
                                     "training": record}
+        if distill.manifest_teacher(config):
+            manifest["models"][name]["teacher"] = distill.manifest_teacher(config)
         counts = counts or train_class_counts(config)
     if unet_run is not None:
         model, config, record = load_source(unet_run)

@@ -20,7 +20,7 @@ from torch import nn
 
 from torch.nn.parallel import DistributedDataParallel
 
-from derm import data, distributed, runs, weights
+from derm import data, distill, distributed, runs, weights
 from derm.precision import cpu_has_fast_bf16
 from derm.augment import POLICIES, augment_batch, normalize, uint8_to_float
 from derm.classes import NUM_CLASSES
@@ -35,7 +35,8 @@ SAMPLINGS = ("natural", "sqrt", "balanced", "reference")
 SEGMENTER_SOURCES = ("ham10000", "extra")  # the segmenter's label: where an image and its mask come from
 # TrainConfig fields that `python -m derm train` takes as --flag value: the recipe, then where it runs
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "height", "width", "sampling", "augment",
-                 "colour", "epoch_samples", "label_smoothing", "unet_width", "encoder", "extra_masks", "seed", "init")
+                 "colour", "epoch_samples", "label_smoothing", "unet_width", "encoder", "extra_masks", "seed", "init",
+                 "teacher", "distill_temperature", "distill_alpha", "unlabelled")
 CLI_FIELDS = (*RECIPE_FIELDS, "limit", "threads", "data", "split")
 
 
@@ -66,6 +67,12 @@ class TrainConfig:
     threads: int = 0  # 0 = all cores
     extra_masks: str | None = None  # segmenter: a folder in isic2018_task1's layout whose train/val join HAM's
     init: str | None = None  # warm start: a run folder (its best.pt), a checkpoint or a shipped .safetensors
+    teacher: list[str] | None = None  # classifier: distil these classifier runs (derm.distill)
+    distill_temperature: float = 4.0  # the softmax temperature of the teachers' and the student's soft answers
+    distill_alpha: float = 0.9  # weight of the distillation term; 1 - alpha weighs the labels' cross-entropy
+    unlabelled: str | None = None  # with a teacher: a folder in isic2018_task1's layout whose train images join
+    # training without labels (the distillation term only); validation stays HAM10000's labelled val split
+    teacher_runs: list = field(default_factory=list)  # filled at start: each teacher's run, arch and best score
     normalization: dict = field(default_factory=dict)  # filled from the train split at start
     pretrained: dict = field(default_factory=dict)  # filled at start: the encoder's package, file and sha256
 
@@ -95,7 +102,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None or (only_changed and name != "epochs" and value == getattr(default, name)):
                 continue
-            args += [f"--{name.replace('_', '-')}", str(value)]
+            values = value if isinstance(value, list) else [value]
+            args += [f"--{name.replace('_', '-')}", *map(str, values)]
         return args + (["--fp32"] if self.precision == "fp32" else [])
 
     def validate(self) -> None:
@@ -135,8 +143,26 @@ class TrainConfig:
             problems.append("extra masks are for the segmenter")
         elif self.extra_masks and not (Path(self.extra_masks) / "split.csv").is_file():
             problems.append(f"extra masks: no split.csv in {self.extra_masks}")
+        problems += self.distillation_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def distillation_problems(self) -> list[str]:
+        """What is wrong with the distillation settings (nothing when there is no teacher and no unlabelled)."""
+        problems = []
+        if self.teacher and self.task != "classifier":
+            problems.append("a teacher is for classifiers")
+        elif self.teacher:
+            problems += distill.teacher_problems(self.teacher)
+        if not self.distill_temperature > 0:
+            problems.append("distillation temperature must be above 0")
+        if not 0 <= self.distill_alpha <= 1:
+            problems.append("distillation alpha must be between 0 and 1")
+        if self.unlabelled and not self.teacher:
+            problems.append("unlabelled images need a teacher (--teacher) to learn from")
+        elif self.unlabelled and not (Path(self.unlabelled) / "split.csv").is_file():
+            problems.append(f"unlabelled: no split.csv in {self.unlabelled}")
+        return problems
 
 
 def pretrained_name(config: TrainConfig) -> str | None:
@@ -228,7 +254,10 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normali
                               torch.from_numpy(np.array(masks)), list(part["image_id"]))
         if config.extra_masks:
             out[name] = concat_splits(out[name], extra_mask_split(config, name))
-    return out, train_stats(out["train"], config.colour)
+    norm = train_stats(out["train"], config.colour)  # of HAM10000's train images alone, with or without unlabelled
+    if config.unlabelled:
+        out["train"] = concat_splits(out["train"], unlabelled_split(config))
+    return out, norm
 
 
 def train_stats(split: SplitData, colour: str, chunk: int = 512) -> data.Normalization:
@@ -252,9 +281,19 @@ def extra_mask_split(config: TrainConfig, split: str) -> SplitData:
                      torch.from_numpy(np.array(masks)), [Path(p).stem for p in image_paths])
 
 
+def unlabelled_split(config: TrainConfig) -> SplitData:
+    """The train images of `config.unlabelled`, resized to the run's input, labelled -1: no diagnosis of theirs is used."""
+    image_paths, _ = data.mask_set_pairs(config.unlabelled, "train")
+    if config.limit:
+        image_paths = image_paths[:config.limit]
+    images = data.cached_array(image_paths, (config.height, config.width), "image")
+    return SplitData(torch.from_numpy(np.array(images)), torch.full((len(image_paths),), distill.UNLABELLED),
+                     None, [Path(p).stem for p in image_paths])
+
+
 def concat_splits(a: SplitData, b: SplitData) -> SplitData:
-    return SplitData(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]),
-                     torch.cat([a.masks, b.masks]), a.image_ids + b.image_ids)
+    masks = torch.cat([a.masks, b.masks]) if a.masks is not None else None
+    return SplitData(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), masks, a.image_ids + b.image_ids)
 
 
 def pixels_to(split: SplitData, device: torch.device) -> SplitData:
@@ -271,8 +310,10 @@ def epoch_indices(labels: torch.Tensor, sampling: str, epoch_samples: int, gen: 
 
     natural: a permutation. sqrt / balanced: class frequency proportional to sqrt(n_c) / equal, drawn
     with replacement. reference: every class replicated up to the largest class (the write-up's
-    oversampling), shuffled.
+    oversampling), shuffled. Unlabelled images (label -1): see `with_unlabelled`.
     """
+    if (labels < 0).any():
+        return with_unlabelled(labels, sampling, epoch_samples, gen)
     n = len(labels)
     counts = torch.bincount(labels, minlength=NUM_CLASSES).clamp(min=1).float()
     if sampling == "natural":
@@ -293,17 +334,45 @@ def epoch_indices(labels: torch.Tensor, sampling: str, epoch_samples: int, gen: 
     return torch.multinomial(weights, epoch_samples or n, replacement=True, generator=gen)
 
 
-def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: data.Normalization,
-               train: bool, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index the cache, augment (train only) and normalise; returns channels_last inputs and targets."""
+def with_unlabelled(labels: torch.Tensor, sampling: str, epoch_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """An epoch's order when some images are unlabelled (label -1).
+
+    The sampling policy runs over the labelled images alone (its class weights need labels); the
+    unlabelled images then keep the share of the epoch they have of the train set, each drawn once
+    before any is drawn again, and the two are shuffled together.
+    """
+    labelled, unlabelled = torch.nonzero(labels >= 0).flatten(), torch.nonzero(labels < 0).flatten()
+    share = len(labelled) / len(labels)
+    picked = labelled[epoch_indices(labels[labelled], sampling, round(epoch_samples * share), gen)]
+    extra = round(len(picked) * len(unlabelled) / max(len(labelled), 1))
+    cycled = unlabelled[torch.randperm(len(unlabelled), generator=gen)].repeat(math.ceil(extra / len(unlabelled)))
+    order = torch.cat([picked, cycled[:extra]])
+    return order[torch.randperm(len(order), generator=gen)]
+
+
+def augmented_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, train: bool,
+                    gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Index the cache and augment (train only): float images in [0, 1], masks and labels. A teacher
+    sees these images, prepared its own way."""
     images = uint8_to_float(split.images[idx])
     masks = split.masks[idx].unsqueeze(1).float() if split.masks is not None else None
     labels = split.labels[idx]
     if train:
         images, masks = augment_batch(images, POLICIES[config.augment], labels=labels, masks=masks, gen=gen)
+    return images, masks, labels
+
+
+def network_inputs(images: torch.Tensor, config: TrainConfig, norm: data.Normalization) -> torch.Tensor:
+    """Colour constancy and normalisation of float images: the trained network's channels_last inputs."""
     images = apply_constancy(images, config.colour)
-    images = normalize(images, norm.mean, norm.std).contiguous(memory_format=torch.channels_last)
-    return images, (masks if masks is not None else labels)
+    return normalize(images, norm.mean, norm.std).contiguous(memory_format=torch.channels_last)
+
+
+def make_batch(split: SplitData, idx: torch.Tensor, config: TrainConfig, norm: data.Normalization,
+               train: bool, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index the cache, augment (train only) and normalise; returns channels_last inputs and targets."""
+    images, masks, labels = augmented_batch(split, idx, config, train, gen)
+    return network_inputs(images, config, norm), (masks if masks is not None else labels)
 
 
 # ----------------------------------------------------------------------------- loop pieces
@@ -461,6 +530,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     if config.normalization:  # a resumed run keeps the statistics it started with
         norm = data.Normalization(tuple(config.normalization["mean"]), tuple(config.normalization["std"]))
     config.normalization = norm.to_dict()
+    distiller = None
+    if config.teacher:
+        distiller = distill.Distiller(config.teacher, config.distill_temperature, config.distill_alpha,
+                                      config.label_smoothing, device)
+        config.teacher_runs = config.teacher_runs or distill.teacher_records(config.teacher)
     if ctx.is_main:
         runs.write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
 
@@ -491,10 +565,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
         bar = _progress(batches, f"epoch {epoch}/{config.epochs}", progress)
         for global_idx in bar:
             idx = distributed.shard(global_idx, ctx)
-            x, y = make_batch(train_split, idx, config, norm, train=True, gen=gen)
+            images, masks, labels = augmented_batch(train_split, idx, config, train=True, gen=gen)
+            y = (masks if masks is not None else labels).to(device)
             with autocast(config, device):
-                logits = stepper(x.to(device))
-            loss = loss_fn(config, logits, y.to(device))
+                logits = stepper(network_inputs(images, config, norm).to(device))
+                soft = distiller.soft_targets(images.to(device)) if distiller else None
+            loss = distiller.loss(logits, soft, y) if distiller else loss_fn(config, logits, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

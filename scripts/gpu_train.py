@@ -126,7 +126,8 @@ def config_from_args(args: argparse.Namespace, arch: str) -> TrainConfig:
     config = TrainConfig.for_task(args.task, arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                   augment=args.augment, colour=args.colour, limit=args.limit, height=args.height,
                                   width=args.width, sampling=args.sampling, extra_masks=args.extra_masks,
-                                  seed=args.seed, encoder=args.encoder)
+                                  seed=args.seed, encoder=args.encoder, teacher=args.teacher,
+                                  unlabelled=args.unlabelled)
     config.validate()
     return config
 
@@ -136,6 +137,7 @@ def run_name(config: TrainConfig, stamp: str) -> str:
     recipe = "".join(f"-{v}" for v in (config.augment, config.colour) if v not in ("full", "none"))
     recipe += f"-{config.encoder}" if config.encoder != "none" else ""
     recipe += f"-{config.height}x{config.width}" if config.task == "segmenter" else ""
+    recipe += "-kd" if config.teacher else ""
     recipe += f"-seed{config.seed}" if config.seed else ""
     return f"{stamp}-{config.arch}-{config.epochs}x{config.epoch_samples}{recipe}-gpu"
 
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a policy in derm.augment.POLICIES, e.g. device (other cameras); default: the task's")
     t.add_argument("--colour", default="none", help="colour constancy: a name in derm.colour.METHODS")
     t.add_argument("--limit", type=int, default=0)
+    t.add_argument("--teacher", nargs="+", default=None, help="classifier: teacher run folders on this machine")
+    t.add_argument("--unlabelled", default=None, help="with --teacher: unlabelled images (isic2018_task1 layout)")
     u = sub.add_parser("unpack")
     u.add_argument("--src", type=Path, required=True)
     u.add_argument("--runs", type=Path, default=Path("runs"))
