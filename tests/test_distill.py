@@ -104,7 +104,7 @@ def test_a_student_learns_the_teachers_answers_through_the_real_loop(tmp_path, t
                                                                     data_dir, fixture_split):
     config = tiny_config(fixture_split, data_dir, "resnet18", epochs=2, teacher=[str(teacher_run)],
                          unlabelled=str(unlabelled_dir), distill_alpha=1.0, distill_temperature=2.0,
-                         augment="device", lr=3e-3)
+                         augment="device", lr=1e-2)
     run = train(config, tmp_path / "student", progress=False)
     saved = json.loads((run / "config.json").read_text())
     assert saved["teacher"] == [str(teacher_run)] and saved["unlabelled"] == str(unlabelled_dir)
@@ -127,7 +127,15 @@ def test_a_student_learns_the_teachers_answers_through_the_real_loop(tmp_path, t
     control.load_state_dict(torch.load(control_run / "last.pt", weights_only=False)["model"])
     distilled_kl = kl_to_teacher(trained, teacher_run, config, (images, norm))
     control_kl = kl_to_teacher(control, teacher_run, config, (images, norm))
-    assert distilled_kl < 0.8 * control_kl, (distilled_kl, control_kl)
+    assert distilled_kl < 0.75 * control_kl, (distilled_kl, control_kl)  # seeds 0-2 measured 0.21-0.37
+
+    from derm.export import write_initial_weights
+
+    manifest, _ = write_initial_weights(tmp_path / "weights", {"resnet18": run}, None)
+    entry = manifest["models"]["resnet18"]
+    assert entry["teacher"] == {"runs": saved["teacher_runs"], "temperature": 2.0, "alpha": 1.0,
+                                "unlabelled": unlabelled_dir.name}
+    assert "--teacher runs/lite0" in entry["training"]["command"] and "--unlabelled" in entry["training"]["command"]
 
 
 @pytest.mark.parametrize("overrides, message", [
