@@ -105,7 +105,7 @@ def ham_table_or_none() -> pd.DataFrame | None:
     return _ham_table(str(source.path)) if source else None
 
 
-_GALLERIES: dict[tuple[str, str], similar.Gallery] = {}  # per weights and image folder, shared by sessions
+_GALLERIES: dict[tuple[str, str], similar.Gallery] = {}  # per weights and image folder, shared by every browser tab
 _GALLERY_LOCK = threading.Lock()
 
 
@@ -149,7 +149,7 @@ def remember(store: str, key: tuple, compute: Callable[[], T]) -> T:
 
 def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Result, gallery_: similar.Gallery,
                   lesion_id: str | None) -> tuple[similar.SimilarCases, float]:
-    """The cases for one analysed image (and the seconds the search took), once per session."""
+    """The cases for one analysed image (and the seconds the search took), once per browser tab."""
     def compute() -> tuple[similar.SimilarCases, float]:
         start = time.perf_counter()
         query = similar.query_for(predictor, rgb, result.features, lesion_id)
