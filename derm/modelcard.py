@@ -166,7 +166,8 @@ def _hardware(training: dict) -> str:
 
 def _trained_on(manifest: dict) -> str:
     """The dates of the training runs, read from their run ids (YYYYMMDD-HHMMSS-...)."""
-    days = sorted({e["training"]["run"][:8] for e in manifest["models"].values() if e.get("training", {}).get("run")})
+    days = sorted({run[:8] for e in manifest["models"].values()
+                   if (run := e.get("training", {}).get("run", ""))[:8].isdigit()})  # a folder named by hand has no date
     if not days:
         return "unknown"
     span = [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in (days[0], days[-1])]
@@ -364,7 +365,7 @@ def segmenter_comparison(card: CardInputs) -> list[str]:
     now_external = {n: e["segmentation"] for n, e in (card.read_json(EXTERNAL_FILE) or {}).items() if "segmentation" in e}
     rows = [(f"HAM10000 {split}", before["scores"][split], card.metrics["segmenter"][split])
             for split in card.metrics["segmenter"] if split in before["scores"]]
-    rows += [(name, before["external"][name]["cleaned"], seg["cleaned"])
+    rows += [(name.replace("_", " "), before["external"][name]["cleaned"], seg["cleaned"])
              for name, seg in now_external.items() if name in before["external"]]
     lines = [f"This U-Net ({describe_unet(card.manifest['models']['unet'])}) against the one it replaced "
              f"({describe_unet(before)}):", "",
@@ -409,8 +410,9 @@ CHOICES = [
      "at least 0.002"),
     ("Routing and prior correction", "frequent classes to ResNet18, rare ones to ResNet50, switched where the other "
      "slot's validation AUC is higher by more than 0.02; τ by the validation score"),
-    ("U-Net and mask cleaning", "96x128 input, also trained on isic2018_task1's masks; threshold, flips and "
-     "cleaning rule chosen on HAM10000 and isic2018_task1 validation"),
+    ("U-Net and mask cleaning", "an ImageNet-pretrained EfficientNet-Lite0 encoder at 144x192 (the input size by "
+     "training speed on a CPU), also trained on isic2018_task1's masks; threshold, flips and cleaning rule chosen on "
+     "HAM10000 and isic2018_task1 validation; shipped for +0.013 of isic2018_task1 validation Dice"),
     ("Domain gate", "thresholds that keep 99% of each validation source of dermatoscopic images"),
 ]
 

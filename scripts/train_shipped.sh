@@ -1,25 +1,23 @@
 #!/usr/bin/env bash
 # The commands that trained the shipped models (weights/), one after another, then the export that
 # builds weights/ from them (every choice made on validation) and the model card. They pick a GPU when
-# there is one. The U-Net was trained on a 2-core CPU, with two warm restarts (--init: the earlier run's
-# best weights, a fresh optimiser and one-cycle schedule), the last one also on isic2018_task1's train
-# masks. Both classifiers were trained on an NVIDIA H200 GPU with the device augmentation and Shades of Gray
+# there is one. The U-Net was trained on one core of a 2-core CPU, from an ImageNet-pretrained
+# EfficientNet-Lite0 encoder, on HAM10000's and isic2018_task1's train masks. Both classifiers were trained on an NVIDIA H200 GPU with the device augmentation and Shades of Gray
 # colour constancy (`python scripts/gpu_train.py train --archs resnet18 resnet50 --epochs 30
 # --epoch-samples 16384 20480 --seconds 80 170 --augment device --colour shades_of_gray`, then
 # `python -m derm train classifier --resume RUN` until their GPU time budget was spent: they stopped after 25
 # and 24 of their 30 epochs; see docs/tried.md); the lines below are the same runs, whole. Each
 # ensemble slot also averages the classifier of the release before (no colour step, default
 # augmentation): that ResNet18 trained on a 2-core CPU (54 minutes), that ResNet50 on an NVIDIA H100 GPU. On a
-# 2-core CPU the GPU classifiers would take a day or more (1.1M images); the U-Net took about 2 hours.
+# 2-core CPU the GPU classifiers would take a day or more (1.1M images); the U-Net took about an hour.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${DERM_RUNS:-runs}
 python -m derm train classifier --arch resnet18 --epochs 30 --batch-size 128 --epoch-samples 16384 \
   --augment device --colour shades_of_gray --run-dir "$R/resnet18"
-python -m derm train segmenter --epochs 8 --run-dir "$R/unet-a"
-python -m derm train segmenter --epochs 5 --lr 5e-4 --init "$R/unet-a" --run-dir "$R/unet-b"
-python -m derm train segmenter --epochs 4 --lr 5e-4 --sampling balanced --epoch-samples 2400 \
-  --extra-masks ../shared/isic2018_task1 --init "$R/unet-b" --run-dir "$R/unet"
+# the U-Net on the ImageNet-pretrained EfficientNet-Lite0 encoder (about an hour on one core)
+python -m derm train segmenter --encoder lite0 --height 144 --width 192 --extra-masks ../shared/isic2018_task1 \
+  --sampling balanced --lr 1e-3 --epochs 5 --epoch-samples 6000 --run-dir "$R/unet"
 python -m derm train classifier --arch resnet50 --epochs 30 --batch-size 128 --epoch-samples 20480 \
   --augment device --colour shades_of_gray --run-dir "$R/resnet50"
 python -m derm train classifier --arch resnet18 --epochs 30 --run-dir "$R/resnet18-plain"
