@@ -594,7 +594,7 @@ def _add_similar_eval(sub: argparse._SubParsersAction) -> None:
                                    "on val, then scores the k-NN vote and the ensemble's softmax on HAM10000 "
                                    "val, test and derm7pt. Needs the full dataset.")
     p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
-    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, README 'Data')")
+    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, docs/data.md)")
     p.add_argument("--derm7pt", help="derm7pt folder (default ../shared/derm7pt)")
     p.add_argument("--out", default="weights/similar.json")
     p.set_defaults(func=cmd_similar_eval)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,13 +281,9 @@ class Predictor:
         """Every classifier's tempered probabilities (N x 7), members of a slot separately; when a
         dict `features` is given, each classifier's pooled features from the same pass go into it."""
         per_model = {}
-        tensors: dict[tuple, torch.Tensor] = {}
-        for name, clf in self.classifiers.items():
-            key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]), clf.colour)
-            if key not in tensors:
-                tensors[key] = clf.tensor(images)
+        for name, clf, x in self._classifier_inputs(images):
             with self._lock:
-                per_model[name], pooled = clf.probabilities_and_features(tensors[key])
+                per_model[name], pooled = clf.probabilities_and_features(x)
             if features is not None:
                 features[name] = pooled
         return per_model
@@ -294,14 +291,19 @@ class Predictor:
     def model_features(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Every classifier's pooled features (identity view only): what a retrieval gallery stores."""
         features = {}
+        for name, clf, x in self._classifier_inputs(images):
+            with self._lock:
+                features[name] = clf.features(x)
+        return features
+
+    def _classifier_inputs(self, images: list[np.ndarray]) -> Iterator[tuple[str, ClassifierModel, torch.Tensor]]:
+        """Each classifier with its input batch; networks with the same preprocessing share one tensor."""
         tensors: dict[tuple, torch.Tensor] = {}
         for name, clf in self.classifiers.items():
             key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]), clf.colour)
             if key not in tensors:
                 tensors[key] = clf.tensor(images)
-            with self._lock:
-                features[name] = clf.features(tensors[key])
-        return features
+            yield name, clf, tensors[key]
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
         """Classify, segment, measure and warn for one RGB uint8 image."""
