@@ -33,8 +33,8 @@ SESSION_CACHE_SIZE = 12  # analyses and heat maps kept per browser session: enou
 # One intra-op thread: on 2 cores shared with a training run, 2 threads made one analysis ~28 s
 # (threads waiting on each other while the trainer holds the cores) against ~1 s with one.
 APP_TORCH_THREADS = 1
-DISCLAIMER = ("**Research demo, not a diagnosis.** These models were trained from scratch on one public "
-              "dataset and are often wrong. Do not use them for medical decisions: show any lesion that "
+DISCLAIMER = ("**Research demo, not a diagnosis.** These models were trained on one public dataset of "
+              "dermatoscopic images and are often wrong. Do not use them for medical decisions: show any lesion that "
               "worries you to a doctor.")
 DX_TYPES = {"histo": "histopathology", "follow_up": "follow-up examination", "consensus": "expert consensus",
             "confocal": "in-vivo confocal microscopy"}
