@@ -344,10 +344,10 @@ def extra_val_set(extra_masks: str | None, limit: int = 0) -> tuple[list[str], l
     return (images[:limit], masks[:limit]) if limit else (images, masks)
 
 
-def val_dice_at_input(seg, images: np.ndarray, masks: np.ndarray) -> dict[float, tuple[float, np.ndarray]]:
-    """Mean Dice at each candidate threshold (and the probability maps) under the segmenter's current TTA."""
+def val_dice_at_input(seg, images: np.ndarray, masks: np.ndarray) -> tuple[dict[float, float], np.ndarray]:
+    """Mean Dice at each candidate threshold, and the probability maps, under the segmenter's current TTA."""
     prob = segmenter_probabilities(seg, images)
-    return {t: (float(batch_dice_iou(prob >= t, np.asarray(masks))[0].mean()), prob) for t in THRESHOLDS}
+    return {t: float(batch_dice_iou(prob >= t, np.asarray(masks))[0].mean()) for t in THRESHOLDS}, prob
 
 
 def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry: dict, choices: dict,
@@ -362,23 +362,27 @@ def export_segmenter(predictor: Predictor, parts: dict[str, pd.DataFrame], entry
     if extra_val is not None:
         val_sets["extra"] = (data.cached_array(extra_val[0], seg.input_hw, "image"),
                              data.cached_array(extra_val[1], seg.input_hw, "mask"))
-    candidates, per_source = {}, {}
+    candidates, per_source, ham_val_prob = {}, {}, {}
     for tta in ((), TTA_VIEWS[1:]):
         seg.tta = tta
-        scored = {name: val_dice_at_input(seg, *pair) for name, pair in val_sets.items()}
+        scored = {}
+        for name, pair in val_sets.items():
+            scored[name], prob = val_dice_at_input(seg, *pair)
+            if name == "ham10000":
+                ham_val_prob[tta] = prob
         for t in THRESHOLDS:
-            per_source[(tta, t)] = {name: s[t][0] for name, s in scored.items()}
-            candidates[(tta, t)] = (float(np.mean(list(per_source[(tta, t)].values()))), scored["ham10000"][t][1])
-    tta, threshold = choose_segmenter_setting({k: v[0] for k, v in candidates.items()})
+            per_source[(tta, t)] = {name: dice[t] for name, dice in scored.items()}
+            candidates[(tta, t)] = float(np.mean(list(per_source[(tta, t)].values())))
+    tta, threshold = choose_segmenter_setting(candidates)
     seg.tta, seg.threshold, seg.cleaning = tta, threshold, CHOSEN_CLEANING
-    choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v[0] for k, v in candidates.items()}}
+    choices["unet"] = {"val_dice_at_input_res": {f"tta={bool(k[0])},t={k[1]}": v for k, v in candidates.items()}}
     if extra_val is not None:
         choices["unet"]["val_dice_at_input_res_per_source"] = {f"tta={bool(k[0])},t={k[1]}": v
                                                                for k, v in per_source.items()}
     entry = {**entry, "tta": list(tta), "threshold": threshold, "cleaning": CHOSEN_CLEANING.to_dict()}
     report = {}
     for split_name, part in parts.items():
-        prob = candidates[(tta, threshold)][1] if split_name == "val" else segmenter_probabilities(seg, images[split_name])
+        prob = ham_val_prob[tta] if split_name == "val" else segmenter_probabilities(seg, images[split_name])
         dice, iou = full_resolution_scores(prob, list(part["mask_path"]), threshold, CHOSEN_CLEANING)
         report[split_name] = {"resolution": [450, 600], **segmentation_report(dice, iou)}
         if split_name == "val":  # the cleaning rule was chosen on validation (scripts/choose_cleaning.py); its effect here

@@ -254,10 +254,18 @@ def load_splits(config: TrainConfig) -> tuple[dict[str, SplitData], data.Normali
                               torch.from_numpy(np.array(masks)), list(part["image_id"]))
         if config.extra_masks:
             out[name] = concat_splits(out[name], extra_mask_split(config, name))
-    norm = train_stats(out["train"], config.colour)  # of HAM10000's train images alone, with or without unlabelled
+    norm = input_normalization(config, out["train"])
     if config.unlabelled:
         out["train"] = concat_splits(out["train"], unlabelled_split(config))
     return out, norm
+
+
+def input_normalization(config: TrainConfig, train_split: SplitData) -> data.Normalization:
+    """ImageNet's statistics for a network that starts from ImageNet weights (its filters expect them);
+    else the train split's own, of HAM10000's train images alone (unlabelled images join after)."""
+    if pretrained_name(config) is not None:
+        return data.Normalization(tuple(IMAGENET_NORMALIZATION["mean"]), tuple(IMAGENET_NORMALIZATION["std"]))
+    return train_stats(train_split, config.colour)
 
 
 def train_stats(split: SplitData, colour: str, chunk: int = 512) -> data.Normalization:
@@ -519,8 +527,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, stop: StopFlag, pro
     imagenet = pretrained_name(config)  # loaded from its package unless a warm start's or resume's weights follow
     model = build_model(config.arch, config.unet_width, config.encoder, imagenet is not None and not (config.init or resume))
     model = model.to(device).to(memory_format=torch.channels_last)
-    if imagenet is not None:  # the ImageNet statistics the pretrained filters expect, and their provenance
-        norm = data.Normalization(tuple(IMAGENET_NORMALIZATION["mean"]), tuple(IMAGENET_NORMALIZATION["std"]))
+    if imagenet is not None:  # which ImageNet checkpoint the run started from, to the byte
         config.pretrained = config.pretrained or weights_record(imagenet)
     if config.init and not resume:  # a warm-started model keeps the statistics its weights were trained with
         source = load_init_weights(model, config)
