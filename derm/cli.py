@@ -624,11 +624,54 @@ def cmd_similar_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_score_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score-runs", help="compare classifier runs (alone and averaged) on HAM10000 val and "
+                       "another set's train/valid splits",
+                       description="Plain argmax of each run's best checkpoint (no temperature, routing or TTA): "
+                                   "what chooses a teacher or a distillation setting. The other set's test split "
+                                   "is refused.")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="classifier run folders, or shipped networks (weights/resnet18.safetensors)")
+    p.add_argument("--images", help="the other set's image folder, e.g. ../shared/derm7pt/images")
+    p.add_argument("--labels", help="its CSV with image_id, dx and split, e.g. ../shared/derm7pt/labels.csv")
+    p.add_argument("--split", nargs="+", default=["train", "valid"], help="its splits to score (default train valid)")
+    p.add_argument("--out", help="also write the scores as JSON here")
+    p.set_defaults(func=cmd_score_runs)
+
+
+def cmd_score_runs(args: argparse.Namespace) -> int:
+    from derm import run_scores
+    from derm.data import DataNotFoundError
+
+    missing = [r for r in args.runs if not ((Path(r) / "best.pt").is_file() or
+                                            (Path(r).suffix == ".safetensors" and Path(r).is_file()))]
+    if missing:
+        print(f"derm score-runs: no best.pt (or weights file) at {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if bool(args.images) != bool(args.labels):
+        print("derm score-runs: give --images and --labels together", file=sys.stderr)
+        return 2
+    external = run_scores.ExternalSet(Path(args.images), Path(args.labels), args.split) if args.images else None
+    try:
+        scores = run_scores.score_runs(args.runs, external)
+    except (ValueError, DataNotFoundError, FileNotFoundError) as exc:
+        print(f"derm score-runs: {exc}", file=sys.stderr)
+        return 2
+    for name, parts in scores.items():
+        for part, s in parts.items():
+            print(f"{name:48s} {part:8s} " + " ".join(f"{k}={v:.4f}" for k, v in s.items() if v is not None))
+    if args.out:
+        from derm.runs import write_json_atomic
+
+        write_json_atomic(Path(args.out), {"command": "python -m derm " + " ".join(sys.argv[1:]), "scores": scores})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs, _add_evaluate_set,
-                _add_fit_gate, _add_gate_check, _add_similar, _add_similar_eval):
+                _add_fit_gate, _add_gate_check, _add_similar, _add_similar_eval, _add_score_runs):
         add(sub)
     return parser
 

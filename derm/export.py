@@ -138,8 +138,9 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
                                     "normalization": config["normalization"],
                                     "colour": config.get("colour", "none"), "temperature": 1.0, "tta": [],
                                     "training": record}
-        if distill.manifest_teacher(config):
-            manifest["models"][name]["teacher"] = distill.manifest_teacher(config)
+        teacher = distill.manifest_teacher(config) or config.get("manifest_teacher")
+        if teacher:  # a re-exported shipped student keeps what taught it
+            manifest["models"][name]["teacher"] = teacher
         counts = counts or train_class_counts(config)
     if unet_run is not None:
         model, config, record = load_source(unet_run)
@@ -259,6 +260,10 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
             frame = predictions_frame(parts["test"], {"ensemble": combined, **probs["test"]})
             frame.to_csv(out / "test_predictions.csv", index=False)
 
+    reference = teacher_reference(classifier_runs, manifest, parts, out)
+    if reference:
+        metrics["teacher"] = reference
+
     if kept_unet is not None:
         manifest["models"]["unet"], metrics["choices"]["unet"] = kept_unet["entry"], kept_unet["choices"]
         metrics["segmenter"] = {s: kept_unet["scores"][s] for s in splits}
@@ -271,6 +276,40 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def teacher_runs_of(classifier_runs: dict[str, Path]) -> list[Path]:
+    """The teacher run folders named in the distilled classifier runs' configs, each once, in order."""
+    found: list[Path] = []
+    for source in classifier_runs.values():
+        if Path(source).suffix == ".safetensors":
+            continue
+        for run in runs.read_json(Path(source) / "config.json").get("teacher") or []:
+            if Path(run) not in found:
+                found.append(Path(run))
+    return found
+
+
+def teacher_reference(classifier_runs: dict[str, Path], manifest: dict, parts: dict[str, pd.DataFrame],
+                      out: Path) -> dict | None:
+    """The teachers' own scores (their averaged plain softmax) on each split, for the card's reference row:
+    what the students were taught, not what ships. Without the teacher runs here, the scores already in
+    `out` are kept when they are of the same teachers."""
+    teachers = teacher_runs_of(classifier_runs)
+    if teachers and all((t / "best.pt").is_file() for t in teachers):
+        from derm.run_scores import checkpoint_classifier
+
+        reference: dict = {"runs": [t.name for t in teachers]}
+        loaded = [checkpoint_classifier(t) for t in teachers]
+        reference["arch"] = "+".join(sorted({config["arch"] for _, config in loaded}))
+        for split, part in parts.items():
+            probs = [classifier_probabilities(clf, data.cached_array(list(part["image_path"]), clf.input_hw, "image"))
+                     for clf, _ in loaded]
+            reference[split] = classification_report(part["label_idx"].values, np.mean(probs, axis=0))
+        return reference
+    named = {r["run"] for e in manifest["models"].values() for r in (e.get("teacher") or {}).get("runs", [])}
+    previous = json.loads((out / "metrics.json").read_text()).get("teacher") if (out / "metrics.json").is_file() else None
+    return previous if previous and named and set(previous["runs"]) == named else None
 
 
 def export_unet_only(unet_run: Path, out: Path, limit: int = 0) -> dict:

@@ -203,12 +203,18 @@ def details_section(card: CardInputs) -> list[str]:
 
 
 def _starting_weights(manifest: dict) -> str:
-    """Which networks began from ImageNet weights: torchvision's cannot be had here, EfficientNet-Lite's can."""
+    """Which networks began from ImageNet weights: torchvision's cannot be had here, EfficientNet-Lite's can;
+    and which classifiers learnt from such a network (a teacher)."""
     unet = manifest["models"].get("unet", {})
+    taught = [n for n, e in manifest["models"].items() if e.get("teacher")]
+    classifiers = ("The ResNets were trained from scratch (torchvision's ImageNet weights cannot be had here)"
+                   + (f"; {', '.join(taught)} then learnt, besides the labels, the softened answers of an "
+                      "ImageNet-pretrained EfficientNet-Lite teacher fine-tuned on the same train split "
+                      "(knowledge distillation)" if taught else ""))
     if unet.get("encoder"):
-        return ("The classifiers were trained from scratch; the U-Net's encoder started from ImageNet weights "
-                f"({unet['encoder'].get('package', unet['encoder'].get('name'))}), all with bf16 autocast.")
-    return "All networks were trained from scratch (no pretrained weights), with bf16 autocast."
+        return (f"{classifiers}. The U-Net's encoder started from ImageNet weights "
+                f"({unet['encoder'].get('package', unet['encoder'].get('name'))}). All trained with bf16 autocast.")
+    return f"{classifiers}. All trained with bf16 autocast."
 
 
 INTENDED_USE = [
@@ -299,8 +305,14 @@ def models_section(card: CardInputs) -> list[str]:
     """The ensemble against each slot and each network alone, on the test split."""
     members = card.metrics.get("members", {}).get("test", {})
     reports = {**card.test, **{f"{n} alone": r for n, r in members.items()}}
+    teacher = card.metrics.get("teacher")
+    if teacher and "test" in teacher:
+        reports[f"teacher: {teacher['arch']} (reference, not shipped)"] = teacher["test"]
+    taught = (" The teacher row is the ImageNet-pretrained network the distilled networks learnt from, scored "
+              "alone by its plain softmax: what was there to transfer." if teacher else "")
     return ["## HAM10000 test split: ensemble, slots and single networks", "", *summary_table(reports), "",
-            "A slot is the mean of its networks; the ensemble routes between the two slots. " + _verdict(card), ""]
+            "A slot is the mean of its networks; the ensemble routes between the two slots. " + _verdict(card) + taught,
+            ""]
 
 
 def _verdict(card: CardInputs) -> str:

@@ -89,7 +89,7 @@ class ClassifierModel:
         views = ("identity", *self.tta) if self.tta else ("identity",)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             pooled = pooled_features(self.model, x)
-            softmaxes = [self.model.fc(pooled).float().softmax(1)]
+            softmaxes = [classifier_head(self.model)(pooled).float().softmax(1)]
             softmaxes += [self.model(view(x, v)).float().softmax(1) for v in views[1:]]
         return temper(torch.stack(softmaxes).mean(0).numpy(), self.temperature), pooled.float().numpy()
 
@@ -106,9 +106,16 @@ class ClassifierModel:
             return torch.logsumexp(self.model(x).float(), 1).numpy()
 
 
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The last linear layer: a ResNet's `fc`, an EfficientNet-Lite teacher's `_fc`."""
+    return model.fc if hasattr(model, "fc") else model._fc
+
+
 def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A torchvision ResNet's forward pass up to `fc` (its global-average-pooled features): the same
-    operations as model(x), so model.fc(pooled_features(model, x)) equals model(x)."""
+    """The forward pass up to the last linear layer (the global-average-pooled features): the same
+    operations as model(x) in eval mode, so classifier_head(model)(pooled_features(model, x)) equals model(x)."""
+    if not hasattr(model, "fc"):  # an EfficientNet-Lite (dropout before _fc is a no-op in eval)
+        return torch.flatten(model._avg_pooling(model.extract_features(x)), 1)
     x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
     x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
     return torch.flatten(model.avgpool(x), 1)

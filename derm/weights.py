@@ -84,6 +84,8 @@ def shipped_config(path: Path) -> dict:
         config["encoder"] = entry.get("encoder", {}).get("name", "none")
     else:
         config["colour"] = entry.get("colour", "none")  # re-exporting keeps the colour step it was trained with
+        if entry.get("teacher"):
+            config["manifest_teacher"] = entry["teacher"]
     return config
 
 

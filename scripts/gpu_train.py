@@ -127,7 +127,8 @@ def config_from_args(args: argparse.Namespace, arch: str) -> TrainConfig:
                                   augment=args.augment, colour=args.colour, limit=args.limit, height=args.height,
                                   width=args.width, sampling=args.sampling, extra_masks=args.extra_masks,
                                   seed=args.seed, encoder=args.encoder, teacher=args.teacher,
-                                  unlabelled=args.unlabelled)
+                                  unlabelled=args.unlabelled, init=args.init,
+                                  distill_temperature=args.distill_temperature, distill_alpha=args.distill_alpha)
     config.validate()
     return config
 
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, default=0)
     t.add_argument("--teacher", nargs="+", default=None, help="classifier: teacher run folders on this machine")
     t.add_argument("--unlabelled", default=None, help="with --teacher: unlabelled images (isic2018_task1 layout)")
+    t.add_argument("--distill-temperature", type=float, default=4.0, help="with --teacher: softmax temperature")
+    t.add_argument("--distill-alpha", type=float, default=0.9, help="with --teacher: weight of the teachers' answers")
+    t.add_argument("--init", default=None, help="warm start from this run folder or shipped weights file")
     u = sub.add_parser("unpack")
     u.add_argument("--src", type=Path, required=True)
     u.add_argument("--runs", type=Path, default=Path("runs"))

@@ -171,3 +171,35 @@ def test_cli_args_round_trip_the_distillation_flags(teacher_run, unlabelled_dir)
     assert (args.distill_temperature, args.distill_alpha) == (3.0, 0.5)
     recipe = config.cli_args(only_changed=True)
     assert recipe[recipe.index("--teacher"):][:3] == ["--teacher", str(teacher_run), str(teacher_run)]
+
+
+def test_the_export_scores_the_teacher_as_a_reference_row_and_a_reexport_keeps_it(tmp_path, teacher_run, data_dir,
+                                                                                 fixture_split):
+    import shutil
+
+    import numpy as np
+
+    from derm import modelcard
+    from derm.evaluate import classifier_probabilities, split_table
+    from derm.export import export
+    from derm.metrics import classification_report
+    from derm.run_scores import checkpoint_classifier
+
+    student = train(tiny_config(fixture_split, data_dir, "resnet18", teacher=[str(teacher_run)]), tmp_path / "student",
+                    progress=False)
+    out = tmp_path / "weights"
+    reference = export({"resnet18": student}, None, out, limit=16)["teacher"]
+    assert reference["runs"] == ["lite0"] and reference["arch"] == "lite0"
+    teacher, _ = checkpoint_classifier(teacher_run)
+    for split in ("val", "test"):
+        part = split_table(out / "split.csv", str(data_dir), split, 16)
+        probs = classifier_probabilities(teacher, data.cached_array(list(part["image_path"]), teacher.input_hw, "image"))
+        assert reference[split]["macro_auc"] == pytest.approx(classification_report(part["label_idx"].values, probs)["macro_auc"])
+    again = tmp_path / "again"  # re-exported from the shipped files alone: the teacher's entry and scores stay
+    shutil.copytree(out, again)
+    metrics = export({"resnet18": again / "resnet18.safetensors"}, None, again, limit=16)
+    assert metrics["teacher"] == json.loads(json.dumps(reference))
+    assert json.loads((again / "manifest.json").read_text())["models"]["resnet18"]["teacher"]["runs"][0]["run"] == "lite0"
+    rows = "\n".join(modelcard.models_section(modelcard.load(again)))
+    assert "teacher: lite0 (reference, not shipped)" in rows
+    assert np.isfinite(reference["test"]["balanced_accuracy"])

@@ -94,3 +94,13 @@ def test_runs_started_together_get_different_names():
                                                   dataclasses.replace(unet, encoder="lite0"))}
     assert len(names) == 6
     assert gpu_train.run_name(base, "S") == "S-resnet18-20x512-shades_of_gray-gpu"
+
+
+def test_distillation_options_reach_the_run_config(tiny_runs):
+    args = gpu_train.build_parser().parse_args(
+        ["train", "--out", "o", "--teacher", str(tiny_runs["resnet50"]), "--distill-temperature", "2",
+         "--distill-alpha", "0.5", "--init", str(tiny_runs["resnet18"])])
+    config = gpu_train.config_from_args(args, "resnet18")
+    assert (config.teacher, config.distill_temperature, config.distill_alpha, config.init) == (
+        [str(tiny_runs["resnet50"])], 2.0, 0.5, str(tiny_runs["resnet18"]))
+    assert gpu_train.run_name(config, "S").endswith("-kd-gpu")
