@@ -174,7 +174,7 @@ def test_cli_args_round_trip_the_distillation_flags(teacher_run, unlabelled_dir)
 
 
 def test_the_export_scores_the_teacher_as_a_reference_row_and_a_reexport_keeps_it(tmp_path, teacher_run, data_dir,
-                                                                                 fixture_split):
+                                                                                 fixture_split, monkeypatch):
     import shutil
 
     import numpy as np
@@ -195,6 +195,7 @@ def test_the_export_scores_the_teacher_as_a_reference_row_and_a_reexport_keeps_i
         part = split_table(out / "split.csv", str(data_dir), split, 16)
         probs = classifier_probabilities(teacher, data.cached_array(list(part["image_path"]), teacher.input_hw, "image"))
         assert reference[split]["macro_auc"] == pytest.approx(classification_report(part["label_idx"].values, probs)["macro_auc"])
+    monkeypatch.setenv("DERM_DATA", str(data_dir))  # shipped weights name no data folder: the default one is used
     again = tmp_path / "again"  # re-exported from the shipped files alone: the teacher's entry and scores stay
     shutil.copytree(out, again)
     metrics = export({"resnet18": again / "resnet18.safetensors"}, None, again, limit=16)

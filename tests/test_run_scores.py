@@ -47,7 +47,8 @@ def test_each_run_and_the_average_are_scored_by_their_own_softmax(tiny_runs, oth
                                                   "melanoma_auc", "accuracy"}
 
 
-def test_a_shipped_network_scores_like_the_run_it_was_exported_from(tiny_runs, tiny_weights):
+def test_a_shipped_network_scores_like_the_run_it_was_exported_from(tiny_runs, tiny_weights, data_dir, monkeypatch):
+    monkeypatch.setenv("DERM_DATA", str(data_dir))  # shipped weights name no data folder: the default one is used
     shipped = score_runs([str(tiny_weights / "resnet50.safetensors")])["resnet50.safetensors"]["ham_val"]
     run = score_runs([str(tiny_runs["resnet50"])])[tiny_runs["resnet50"].name]["ham_val"]
     assert shipped["macro_auc_renormalised"] == pytest.approx(run["macro_auc_renormalised"], abs=0.02)  # fp16 vs fp32
