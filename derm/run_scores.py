@@ -94,17 +94,18 @@ def score_runs(run_dirs: list[str], external: ExternalSet | None = None) -> dict
     if len(set(names)) < len(names):
         raise ValueError("give each run once (their folder names label the scores)")
     classifiers = [checkpoint_classifier(r) for r in run_dirs]
-    val_images, val_labels = ham_val_images(classifiers[0][1])
     outside = external_images(external) if external else None
+    val: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # HAM10000 val at each input size, loaded once
     probs: dict[str, dict[str, np.ndarray]] = {}
     for name, (clf, config) in zip(names, classifiers):
-        same_size = (config["height"], config["width"]) == (classifiers[0][1]["height"], classifiers[0][1]["width"])
-        probs[name] = {"ham_val": classifier_probabilities(clf, val_images if same_size else ham_val_images(config)[0])}
+        if clf.input_hw not in val:
+            val[clf.input_hw] = ham_val_images(config)
+        probs[name] = {"ham_val": classifier_probabilities(clf, val[clf.input_hw][0])}
         if outside:  # images of any size: the classifier resizes each to its input
             probs[name]["external"] = classifier_probabilities(clf, outside[0])
     if len(names) > 1:
         probs["average"] = {part: np.mean([probs[n][part] for n in names], axis=0) for part in probs[names[0]]}
-    truth = {"ham_val": val_labels, **({"external": outside[1]} if outside else {})}
+    truth = {"ham_val": next(iter(val.values()))[1], **({"external": outside[1]} if outside else {})}
     return {name: {part: summary(present_classes_report(truth[part], p)) for part, p in parts.items()}
             for name, parts in probs.items()}
 
