@@ -122,16 +122,16 @@ def unet_entry(config: dict, record: dict) -> dict:
 
 
 def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run: Path | None,
-                          members: dict[str, list[str]] | None = None) -> tuple[dict, dict]:
+                          members: dict[str, list[str]] | None = None) -> tuple[dict, dict[str, dict]]:
     """fp16 safetensors and a manifest with neutral settings (T=1, no TTA, frequency routing over the
-    slots of `members`, default: each classifier its own slot); also returns the first classifier's
-    config (its split and data folder), so no model is loaded twice."""
+    slots of `members`, default: each classifier its own slot); also returns each classifier's config
+    (split, data folder, teachers), so no model or config is loaded twice."""
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {"classes": list(CLASSES), "models": {}, "code_version": code_version()}
-    counts, first_config = None, None
+    counts, configs = None, {}
     for name, run_dir in classifier_runs.items():
         model, config, record = load_source(run_dir)
-        first_config = first_config or config
+        configs[name] = config
         save_state_fp16(model, out / f"{name}.safetensors")
         manifest["models"][name] = {"arch": config["arch"], "file": f"{name}.safetensors",
                                     "input_hw": [config["height"], config["width"]],
@@ -152,7 +152,7 @@ def write_initial_weights(out: Path, classifier_runs: dict[str, Path], unet_run:
     if averages_networks(members):
         manifest["ensemble"]["members"] = members
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest, first_config
+    return manifest, configs
 
 
 def train_class_counts(config: dict) -> dict[str, int]:
@@ -195,7 +195,8 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     classifiers into ensemble slots whose probabilities are averaged (derm.pipeline.average_members)."""
     splits = ("val", "test") if score_test else ("val",)
     kept_unet = shipped_segmenter_scores(unet_run, limit)
-    manifest, any_config = write_initial_weights(out, classifier_runs, unet_run, members)
+    manifest, configs = write_initial_weights(out, classifier_runs, unet_run, members)
+    any_config = next(iter(configs.values()))
     split_path = any_config["split"] if Path(any_config["split"]).is_absolute() else data.REPO_ROOT / any_config["split"]
     shutil.copyfile(split_path, out / "split.csv") if Path(split_path).resolve() != (out / "split.csv").resolve() else None
     parts = {s: split_table(out / "split.csv", any_config.get("data"), s, limit) for s in splits}
@@ -260,7 +261,7 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
             frame = predictions_frame(parts["test"], {"ensemble": combined, **probs["test"]})
             frame.to_csv(out / "test_predictions.csv", index=False)
 
-    reference = teacher_reference(classifier_runs, manifest, parts, out)
+    reference = teacher_reference(configs, manifest, parts, out)
     if reference:
         metrics["teacher"] = reference
 
@@ -278,24 +279,23 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     return metrics
 
 
-def teacher_runs_of(classifier_runs: dict[str, Path]) -> list[Path]:
-    """The teacher run folders named in the distilled classifier runs' configs, each once, in order."""
+def teacher_runs_of(configs: dict[str, dict]) -> list[Path]:
+    """The teacher run folders named in the distilled classifier runs' configs, each once, in order
+    (a shipped file's config names none: its teachers' scores are kept from its metrics.json)."""
     found: list[Path] = []
-    for source in classifier_runs.values():
-        if Path(source).suffix == ".safetensors":
-            continue
-        for run in runs.read_json(Path(source) / "config.json").get("teacher") or []:
+    for config in configs.values():
+        for run in config.get("teacher") or []:
             if Path(run) not in found:
                 found.append(Path(run))
     return found
 
 
-def teacher_reference(classifier_runs: dict[str, Path], manifest: dict, parts: dict[str, pd.DataFrame],
+def teacher_reference(configs: dict[str, dict], manifest: dict, parts: dict[str, pd.DataFrame],
                       out: Path) -> dict | None:
     """The teachers' own scores (their averaged plain softmax) on each split, for the card's reference row:
     what the students were taught, not what ships. Without the teacher runs here, the scores already in
     `out` are kept when they are of the same teachers."""
-    teachers = teacher_runs_of(classifier_runs)
+    teachers = teacher_runs_of(configs)
     if teachers and all((t / "best.pt").is_file() for t in teachers):
         from derm.run_scores import checkpoint_classifier
 
