@@ -2,8 +2,9 @@
 softened predictions, plus the labels where there are labels.
 
 The teachers see exactly the augmented view the student sees, each prepared its own way (its colour
-constancy and normalisation), so under the device-imitating augmentation the student learns the
-teachers' answers for other cameras too. Unlabelled images (another clinic's, see
+constancy, normalisation and input size), so under the device-imitating augmentation the student
+learns the teachers' answers for other cameras too. A teacher trained at a larger input than the
+student's sees the student's view resized to its own input, as it saw its training images. Unlabelled images (another clinic's, see
 `TrainConfig.unlabelled`) carry the label -1 and contribute only the distillation term.
 """
 
@@ -31,11 +32,19 @@ class Teacher:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     colour: str
+    size: tuple[int, int] | None = None  # (height, width) it was trained at; None: whatever it is given
 
     def logits(self, augmented: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for an augmented float batch (N x 3 x H x W in [0, 1])."""
-        x = normalize(apply_constancy(augmented, self.colour), self.mean, self.std)
+        x = normalize(apply_constancy(self.at_own_size(augmented), self.colour), self.mean, self.std)
         return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+    def at_own_size(self, augmented: torch.Tensor) -> torch.Tensor:
+        """The batch resized to the teacher's training input: a network answers best at the scale it learnt."""
+        if self.size is None or tuple(augmented.shape[-2:]) == self.size:
+            return augmented
+        return F.interpolate(augmented, size=self.size, mode="bilinear", align_corners=False,
+                             antialias=True).clamp(0, 1)
 
 
 def teacher_problems(teacher_runs: list[str]) -> list[str]:
@@ -70,7 +79,8 @@ def load_teachers(teacher_runs: list[str], device: torch.device) -> list[Teacher
         model, config = load_checkpoint_model(Path(run))
         model = model.to(device).eval().requires_grad_(False)
         norm = config["normalization"]
-        teachers.append(Teacher(model, tuple(norm["mean"]), tuple(norm["std"]), config.get("colour", "none")))
+        size = (config["height"], config["width"]) if "height" in config and "width" in config else None
+        teachers.append(Teacher(model, tuple(norm["mean"]), tuple(norm["std"]), config.get("colour", "none"), size))
     return teachers
 
 

@@ -100,6 +100,18 @@ def kl_to_teacher(student: torch.nn.Module, teacher_run, config: TrainConfig, ba
     return F.kl_div(log_q, target, reduction="batchmean").item()
 
 
+def test_a_teacher_sees_any_view_at_the_input_size_it_was_trained_at(teacher_run):
+    (teacher,) = load_teachers([str(teacher_run)], torch.device("cpu"))
+    assert teacher.size == TINY_HW
+    seen = []
+    teacher.model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    view = torch.rand(3, 3, TINY_HW[0] * 2, TINY_HW[1] * 2, generator=torch.Generator().manual_seed(0))
+    larger = teacher.logits(view)
+    own_size = teacher.logits(F.interpolate(view, size=TINY_HW, mode="bilinear", antialias=True).clamp(0, 1))
+    assert seen == [TINY_HW, TINY_HW] and larger.shape == (3, 7)
+    torch.testing.assert_close(larger, own_size)
+
+
 def test_a_student_learns_the_teachers_answers_through_the_real_loop(tmp_path, teacher_run, unlabelled_dir,
                                                                     data_dir, fixture_split):
     config = tiny_config(fixture_split, data_dir, "resnet18", epochs=2, teacher=[str(teacher_run)],
