@@ -4,8 +4,9 @@ softened predictions, plus the labels where there are labels.
 The teachers see exactly the augmented view the student sees, each prepared its own way (its colour
 constancy, normalisation and input size), so under the device-imitating augmentation the student
 learns the teachers' answers for other cameras too. A teacher trained at a larger input than the
-student's sees the student's view resized to its own input, as it saw its training images. Unlabelled images (another clinic's, see
-`TrainConfig.unlabelled`) carry the label -1 and contribute only the distillation term.
+student's sees the student's view resized to its own input, as it saw its training images.
+Unlabelled images (another clinic's, see `TrainConfig.unlabelled`) carry the label -1 and contribute
+only the distillation term.
 """
 
 from __future__ import annotations
