@@ -104,3 +104,47 @@ def test_distillation_options_reach_the_run_config(tiny_runs):
     assert (config.teacher, config.distill_temperature, config.distill_alpha, config.init) == (
         [str(tiny_runs["resnet50"])], 2.0, 0.5, str(tiny_runs["resnet18"]))
     assert gpu_train.run_name(config, "S").endswith("-kd-gpu")
+
+
+def test_per_arch_options_take_one_value_for_all_or_one_each():
+    args = gpu_train.build_parser().parse_args(
+        ["train", "--out", "o", "--archs", "resnet18", "resnet50", "--lr", "1e-3", "3e-4", "--init", "none",
+         "weights/resnet50.safetensors", "--distill-alpha", "0.5"])
+    assert gpu_train.per_arch_problems(args) == []
+    first, second = (gpu_train.config_from_args(args, arch, i) for i, arch in enumerate(args.archs))
+    assert (first.lr, first.init, first.distill_alpha) == (1e-3, None, 0.5)
+    assert (second.lr, second.init, second.distill_alpha) == (3e-4, "weights/resnet50.safetensors", 0.5)
+    wrong = gpu_train.build_parser().parse_args(["train", "--out", "o", "--archs", "resnet18", "resnet50",
+                                                 "lite0", "--lr", "1e-3", "3e-4"])
+    assert gpu_train.per_arch_problems(wrong) == ["--seconds takes one value or one per arch (3)",
+                                                  "--lr takes one value or one per arch (3)"]
+
+
+@pytest.mark.parametrize("archs, extra", [(["resnet18", "resnet50"], []), (["lite0"], []),
+                                          (["resnet18", "lite0"], []), (["lite0", "resnet18"], ["--teacher", "r"])])
+def test_teach_wants_teachers_first_then_students_and_no_other_teacher(archs, extra):
+    args = gpu_train.build_parser().parse_args(["train", "--out", "o", "--teach", "--archs", *archs,
+                                                "--seconds", "60", *extra])
+    assert gpu_train.per_arch_problems(args)
+
+
+def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, data_dir, fixture_split,
+                                                                   monkeypatch):
+    split = tmp_path / "split.csv"
+    split.write_bytes(fixture_split.read_bytes())
+    monkeypatch.setenv("DERM_DATA", str(data_dir))
+    monkeypatch.setenv("DERM_SPLIT", str(split))
+    monkeypatch.setattr("sys.argv", [
+        "gpu_train.py", "train", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "remote"), "--teach",
+        "--archs", "lite0", "resnet18", "--seconds", "600", "--epochs", "1", "--epoch-samples", "16",
+        "--batch-size", "16", "--limit", "32", "--height", "48", "--width", "64", "--lr", "1e-3", "3e-3",
+        "--distill-alpha", "0.9", "0.6"])
+    gpu_train.main()
+    teacher, student = gpu_train.unpack(tmp_path / "out", tmp_path / "runs")
+    teacher_config, student_config = (runs.read_json(run / "config.json") for run in (teacher, student))
+    assert (teacher_config["arch"], teacher_config["teacher"], teacher_config["lr"]) == ("lite0", None, 1e-3)
+    assert student_config["arch"] == "resnet18" and (student_config["lr"], student_config["distill_alpha"]) == (3e-3, 0.6)
+    assert student_config["teacher"] == [str(teacher)]  # the rebuilt teacher here, not its folder over there
+    assert [r["run"] for r in student_config["teacher_runs"]] == [teacher.name]
+    model, config, _ = load_source(student)  # export takes the student with its teacher like any run
+    assert config["teacher"] == [str(teacher)]
