@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def per_arch_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def config_from_args(args: argparse.Namespace, arch: str, i: int = 0, teachers: list[Path] = ()) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, arch: str, i: int = 0, teachers: Sequence[Path] = ()) -> TrainConfig:
     """The i-th arch's run config: the task's defaults (derm.train.TrainConfig.for_task) where an option is
     left out. With --teach, a teacher arch learns from the labels alone and any other from `teachers`."""
     teacher, unlabelled = args.teacher, args.unlabelled
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs", type=Path, default=Path("/tmp/derm-runs"))
     t.add_argument("--task", default="classifier", choices=["classifier", "segmenter"])
     t.add_argument("--archs", nargs="+", default=["resnet18", "resnet50"], help="for the segmenter: unet")
-    t.add_argument("--seconds", nargs="+", type=float, default=[150, 270], help="budget per arch (or one for all), probe included")
+    t.add_argument("--seconds", nargs="+", type=float, default=[150, 270],
+                   help="budget per arch (or one for all), probe included")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", nargs="+", type=float, default=[2e-3], help="one for all archs, or one per arch")
