@@ -1,8 +1,8 @@
 """Train classifiers on a remote GPU inside a fixed time budget, and bring the weights back.
 
 For a GPU machine that can be used for minutes, not hours, and that returns little data (files of at
-most 16 MiB, 64 MiB in all). So this script (1) measures each model's training speed there with a one-epoch probe through the real
-training loop, (2) sizes the one-cycle schedule so the run ends inside its share of the budget, and
+most 16 MiB, 64 MiB in all). So this script (1) measures each model's training speed there with a short
+probe through the real training loop, (2) sizes the one-cycle schedule so the run ends inside its share of the budget, and
 (3) packs the best checkpoints as fp16, byte-shuffled and zlib-compressed, in chunks under 16 MiB.
 `unpack` turns the chunks back into ordinary run folders under runs/, which `python -m derm export`
 takes like any other run.

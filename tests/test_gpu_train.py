@@ -143,7 +143,8 @@ def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, da
     teacher, student = gpu_train.unpack(tmp_path / "out", tmp_path / "runs")
     teacher_config, student_config = (runs.read_json(run / "config.json") for run in (teacher, student))
     assert (teacher_config["arch"], teacher_config["teacher"], teacher_config["lr"]) == ("lite0", None, 1e-3)
-    assert student_config["arch"] == "resnet18" and (student_config["lr"], student_config["distill_alpha"]) == (3e-3, 0.6)
+    assert student_config["arch"] == "resnet18"
+    assert (student_config["lr"], student_config["distill_alpha"]) == (3e-3, 0.6)
     assert student_config["teacher"] == [str(teacher)]  # the rebuilt teacher here, not its folder over there
     assert [r["run"] for r in student_config["teacher_runs"]] == [teacher.name]
     model, config, _ = load_source(student)  # export takes the student with its teacher like any run
