@@ -41,32 +41,37 @@ def write_sized_mask(job: tuple[str, str, tuple[int, int]]) -> None:
         raise RuntimeError(f"{target} does not decode to the mask of {source}")
 
 
-def stage(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], root: Path) -> list:
-    """Copy the train and val images under root/data/; returns the mask jobs for write_sized_mask."""
+def stage(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], root: Path,
+          masks: bool = True) -> list:
+    """Copy the train and val images under root/data/; returns the mask jobs for write_sized_mask
+    (none without masks: classifiers, teachers and their students read the images alone)."""
     ham, isic = root / "data" / "ham10000", root / "data" / "isic2018"
     table = attach_split(load_table(data_dir), split_csv)
     table = table[table["split"] != "test"]
     sources = {ham: list(zip(table["image_path"], table["mask_path"]))}
+    extra_splits = ("train", "val") if masks else ("train",)  # as unlabelled images, only its train split is read
     if extra is not None:
-        sources[isic] = [pair for split in ("train", "val") for pair in zip(*mask_set_pairs(extra, split))]
+        sources[isic] = [pair for split in extra_splits for pair in zip(*mask_set_pairs(extra, split))]
     jobs = []
     for folder, items in sources.items():
         (folder / "images").mkdir(parents=True)
         (folder / "masks").mkdir()
         for image_path, mask_path in items:
             shutil.copy(image_path, folder / "images")
-            jobs.append((mask_path, str(folder / "masks" / Path(mask_path).name), size))
+            if masks:
+                jobs.append((mask_path, str(folder / "masks" / Path(mask_path).name), size))
     shutil.copy(data_dir / "HAM10000_metadata.csv", ham)
     if extra is not None:
         table = pd.read_csv(extra / "split.csv")
-        table[table["split"].isin(["train", "val"])].to_csv(isic / "split.csv", index=False)
+        table[table["split"].isin(extra_splits)].to_csv(isic / "split.csv", index=False)
     return jobs
 
 
-def pack_data(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], out: Path) -> int:
+def pack_data(data_dir: Path, extra: Path | None, split_csv: Path, size: tuple[int, int], out: Path,
+              masks: bool = True) -> int:
     """Write the .tgz; returns the number of masks in it."""
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = stage(data_dir, extra, split_csv, size, Path(tmp))
+        jobs = stage(data_dir, extra, split_csv, size, Path(tmp), masks)
         with ProcessPoolExecutor() as pool:
             list(pool.map(write_sized_mask, jobs, chunksize=200))
         with tarfile.open(out, "w:gz") as tar:
@@ -82,9 +87,11 @@ def main() -> None:
     parser.add_argument("--mask-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"),
                         help="the segmenter's input size on the GPU")
     parser.add_argument("--extra-masks", type=Path, default=None, help="a folder in isic2018_task1's layout")
+    parser.add_argument("--no-masks", action="store_true",
+                        help="images alone, for classifiers (a teacher and its students): a smaller file")
     args = parser.parse_args()
     size = tuple(args.mask_size)
-    masks = pack_data(resolve_data_dir(args.data), args.extra_masks, args.split, size, args.out)
+    masks = pack_data(resolve_data_dir(args.data), args.extra_masks, args.split, size, args.out, not args.no_masks)
     print(f"{args.out}: {args.out.stat().st_size / 2**20:.1f} MiB, {masks} masks at {size[0]}x{size[1]}")
 
 

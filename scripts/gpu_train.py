@@ -258,9 +258,16 @@ def main() -> None:
         left = seconds - (time.monotonic() - started)
         print(f"{arch}: {config.epochs} epochs x {config.epoch_samples} images, deadline "
               f"in {left:.0f} s", flush=True)
-        done.append(train_within(config, args.runs / run_name(config, stamp), left))
+        run_dir = train_within(config, args.runs / run_name(config, stamp), left) if left > 0 else None
+        if run_dir is None or not (run_dir / "best.pt").is_file():
+            print(f"{arch}: out of time before its first epoch ended (give it more --seconds); nothing "
+                  "to bring back", flush=True)
+            if args.teach and arch in TEACHER_ARCHS:
+                break  # its students would have no teacher
+            continue
+        done.append(run_dir)
         if args.teach and arch in TEACHER_ARCHS:
-            teachers.append(done[-1])
+            teachers.append(run_dir)
         pack(done, args.out)  # after each model, so a later failure still brings the earlier ones back
 
 

@@ -44,3 +44,21 @@ def test_packed_data_decodes_like_the_originals_and_leaves_the_test_split_out(tm
                               decode_image(data_dir / "images" / f"{i}.jpg", size))
     assert sorted(p.name for p in (isic / "masks").iterdir()) == [f"{i}_segmentation.png" for i in ids[:2]]
     assert (ham / "HAM10000_metadata.csv").is_file()
+
+
+def test_without_masks_only_the_images_travel(tmp_path, data_dir):
+    ids = sorted(p.stem for p in (data_dir / "images").glob("*.jpg"))[:4]
+    split = tmp_path / "split.csv"
+    pd.DataFrame({"image_id": ids, "split": ["train", "train", "val", "test"]}).to_csv(split, index=False)
+    extra = tmp_path / "isic"  # unlabelled images for students: only their train split travels
+    (extra / "images").mkdir(parents=True)
+    for i in ids[:2]:
+        shutil.copy(data_dir / "images" / f"{i}.jpg", extra / "images")
+    pd.DataFrame({"image_id": ids[:2], "split": ["train", "val"]}).to_csv(extra / "split.csv", index=False)
+    assert gpu_data.pack_data(data_dir, extra, split, (36, 48), tmp_path / "d.tgz", masks=False) == 0
+    with tarfile.open(tmp_path / "d.tgz") as tar:
+        names = tar.getnames()
+        isic_split = pd.read_csv(tar.extractfile("data/isic2018/split.csv"))
+    assert sorted(n for n in names if n.endswith(".jpg")) == sorted(
+        [f"data/ham10000/images/{i}.jpg" for i in ids[:3]] + [f"data/isic2018/images/{ids[0]}.jpg"])
+    assert not [n for n in names if n.endswith(".png")] and isic_split["split"].tolist() == ["train"]

@@ -149,3 +149,18 @@ def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, da
     assert [r["run"] for r in student_config["teacher_runs"]] == [teacher.name]
     model, config, _ = load_source(student)  # export takes the student with its teacher like any run
     assert config["teacher"] == [str(teacher)]
+
+
+def test_a_teacher_out_of_time_stops_its_students_and_packs_nothing(tmp_path, data_dir, fixture_split,
+                                                                   monkeypatch, capsys):
+    split = tmp_path / "split.csv"
+    split.write_bytes(fixture_split.read_bytes())
+    monkeypatch.setenv("DERM_DATA", str(data_dir))
+    monkeypatch.setenv("DERM_SPLIT", str(split))
+    monkeypatch.setattr("sys.argv", [
+        "gpu_train.py", "train", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "remote"), "--teach",
+        "--archs", "lite0", "resnet18", "--seconds", "0.01", "60", "--epochs", "1", "--epoch-samples", "16",
+        "--batch-size", "16", "--limit", "32", "--height", "48", "--width", "64"])
+    gpu_train.main()
+    assert "lite0: out of time before its first epoch ended" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists() and not any((tmp_path / "remote").glob("*resnet18*"))
