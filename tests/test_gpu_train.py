@@ -128,18 +128,23 @@ def test_teach_wants_teachers_first_then_students_and_no_other_teacher(archs, ex
     assert gpu_train.per_arch_problems(args)
 
 
-def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, data_dir, fixture_split,
-                                                                   monkeypatch):
+def run_teach(tmp_path, data_dir, fixture_split, monkeypatch, *options: str) -> None:
+    """scripts/gpu_train.py train --teach lite0 resnet18 on 32 shipped images at 48x64, as from its command line."""
     split = tmp_path / "split.csv"
     split.write_bytes(fixture_split.read_bytes())
     monkeypatch.setenv("DERM_DATA", str(data_dir))
     monkeypatch.setenv("DERM_SPLIT", str(split))
     monkeypatch.setattr("sys.argv", [
         "gpu_train.py", "train", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "remote"), "--teach",
-        "--archs", "lite0", "resnet18", "--seconds", "600", "--epochs", "1", "--epoch-samples", "16",
-        "--batch-size", "16", "--limit", "32", "--height", "48", "--width", "64", "--lr", "1e-3", "3e-3",
-        "--distill-alpha", "0.9", "0.6"])
+        "--archs", "lite0", "resnet18", "--epochs", "1", "--epoch-samples", "16", "--batch-size", "16",
+        "--limit", "32", "--height", "48", "--width", "64", *options])
     gpu_train.main()
+
+
+def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, data_dir, fixture_split,
+                                                                   monkeypatch):
+    run_teach(tmp_path, data_dir, fixture_split, monkeypatch, "--seconds", "600", "--lr", "1e-3", "3e-3",
+              "--distill-alpha", "0.9", "0.6")
     teacher, student = gpu_train.unpack(tmp_path / "out", tmp_path / "runs")
     teacher_config, student_config = (runs.read_json(run / "config.json") for run in (teacher, student))
     assert (teacher_config["arch"], teacher_config["teacher"], teacher_config["lr"]) == ("lite0", None, 1e-3)
@@ -153,14 +158,6 @@ def test_teach_trains_a_teacher_then_its_student_and_both_come_back(tmp_path, da
 
 def test_a_teacher_out_of_time_stops_its_students_and_packs_nothing(tmp_path, data_dir, fixture_split,
                                                                    monkeypatch, capsys):
-    split = tmp_path / "split.csv"
-    split.write_bytes(fixture_split.read_bytes())
-    monkeypatch.setenv("DERM_DATA", str(data_dir))
-    monkeypatch.setenv("DERM_SPLIT", str(split))
-    monkeypatch.setattr("sys.argv", [
-        "gpu_train.py", "train", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "remote"), "--teach",
-        "--archs", "lite0", "resnet18", "--seconds", "0.01", "60", "--epochs", "1", "--epoch-samples", "16",
-        "--batch-size", "16", "--limit", "32", "--height", "48", "--width", "64"])
-    gpu_train.main()
+    run_teach(tmp_path, data_dir, fixture_split, monkeypatch, "--seconds", "0.01", "60")
     assert "lite0: out of time before its first epoch ended" in capsys.readouterr().out
     assert not (tmp_path / "out").exists() and not any((tmp_path / "remote").glob("*resnet18*"))
