@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from derm import data, report, similar
+from derm import data, report, serving, similar
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
-from derm.explain import overlay_heatmap, overlay_mask
+from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, overlay_mask, seen_by_model
 from derm.pipeline import Predictor, Result
 from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifest
 
@@ -158,13 +158,36 @@ def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Resul
     return remember("similar", (str(predictor.weights_dir), key, len(gallery_), lesion_id), compute)
 
 
+@st.cache_resource(show_spinner=False)
+def inference_pool() -> serving.InferencePool:
+    """The inference workers every browser session shares (derm.serving: one single-thread process per
+    core, first come first served); started at the first analysis, warmed up on the default weights."""
+    return serving.InferencePool(serving.PoolConfig.from_env(), warm_weights=default_weights_dir(),
+                                 in_process=load_predictor)
+
+
+def served(request: Callable[[Callable[[serving.Place], None]], T]) -> T:
+    """Run a request on the inference workers; while it waits, the user reads their place in line.
+    A request the workers could not answer stops the page with what to do."""
+    place = st.empty()
+    try:
+        return request(lambda where: place.info(where.message(), icon=":material/hourglass_top:"))
+    except serving.ServingError as exc:
+        place.empty()
+        st.error(str(exc))
+        st.stop()
+    finally:
+        place.empty()
+
+
 def analysis(predictor: Predictor, rgb: np.ndarray, key: str) -> Result:
-    return remember("analyses", (str(predictor.weights_dir), key), lambda: predictor.analyse(rgb))
+    return remember("analyses", (str(predictor.weights_dir), key), lambda: served(
+        lambda on_wait: inference_pool().analyse(predictor.weights_dir, rgb, on_wait=on_wait)))
 
 
 def heat_map(predictor: Predictor, rgb: np.ndarray, key: str, class_name: str, model_name: str | None) -> np.ndarray:
-    return remember("heat_maps", (str(predictor.weights_dir), key, class_name, model_name),
-                    lambda: predictor.gradcam(rgb, class_name, model_name))
+    return remember("heat_maps", (str(predictor.weights_dir), key, class_name, model_name), lambda: served(
+        lambda on_wait: inference_pool().gradcam(predictor.weights_dir, rgb, class_name, model_name, on_wait=on_wait)))
 
 
 # ----------------------------------------------------------------------------- drawing one analysis
@@ -231,6 +254,8 @@ def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     averaged = f" (the mean of {' and '.join(members)})" if len(members) > 1 else ""
     st.image(overlay, caption=f"Grad-CAM of {source}{averaged} for {class_name}: red marks what raised that score",
              width="stretch")
+    if not seen_by_model(heat).all():
+        st.caption(NOT_SEEN_NOTE)
     return overlay
 
 
@@ -261,8 +286,9 @@ def show_download(result: Result, images: dict[str, np.ndarray], name: str, key:
 
 def show_refusal(result: Result, key: str) -> bool:
     """The gate's refusal, reason first; True once the user has asked to see the guess anyway."""
-    st.error(f"**Not analysed: this does not look like a dermatoscopic image of a skin lesion.** "
-             f"{result.domain.reason}", icon=":material/block:")
+    headline = ("the image is too small" if result.domain.kind == "small" else
+                "this does not look like a dermatoscopic image of a skin lesion")
+    st.error(f"**Not analysed: {headline}.** {result.domain.reason}", icon=":material/block:")
     st.caption("The models were trained on dermatoscopic close-ups only; on anything else their answer is "
                f"meaningless. (Domain gate: {result.domain.evidence()}.)")
     if not st.toggle("Show the models' guess anyway", key=f"override_{key}"):

@@ -7,9 +7,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from derm import runs
+# Building the parser imports nothing heavy (torch, torchvision, cv2, pandas, sklearn, derm.runs): each
+# command imports what it uses inside its function, so --help answers at once (tests/test_cold_start.py checks).
+from derm.archs import CLASSIFIER_ARCHS, TEACHER_ARCHS
 from derm.colour import METHODS as COLOUR_METHODS
-from derm.models import CLASSIFIER_ARCHS, TEACHER_ARCHS
 from derm.pretrained import ENCODERS
 
 
@@ -59,6 +60,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from derm import runs
     from derm.pretrained import PretrainedWeightsMissing, weights_file
     from derm.train import (TrainConfig, check_init_matches, init_checkpoint, init_source_config, pretrained_name,
                             train)
@@ -130,6 +132,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    "(the first is the one the domain gate reads)")
     p.add_argument("--resnet50", nargs="+", metavar="SOURCE",
                    help="run folder or shipped .safetensors of the ResNet50 (answers rare classes); several: averaged")
+    p.add_argument("--efficientnet", nargs="+", metavar="SOURCE",
+                   help="run folder or shipped .safetensors of an ImageNet-pretrained EfficientNet-Lite classifier "
+                   "(train classifier --arch lite0): a third slot, kept only where cross-validation says it helps")
     p.add_argument("--unet", help="run folder or shipped .safetensors of the U-Net (a shipped one, beside its "
                    "metrics.json and scored on the same split, keeps its scores instead of being measured again)")
     p.add_argument("--out", default="weights")
@@ -158,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from derm.export import export, export_unet_only
 
     if args.unet_only:
-        if not args.unet or args.resnet18 or args.resnet50 or args.val_only:
+        if not args.unet or args.resnet18 or args.resnet50 or args.efficientnet or args.val_only:
             print("derm export: --unet-only takes --unet (and --out), nothing else", file=sys.stderr)
             return 2
         seg = export_unet_only(Path(args.unet), Path(args.out), args.limit)
@@ -169,7 +174,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("derm export: --resnet18 is required (or --unet-only)", file=sys.stderr)
         return 2
 
-    classifier_runs, members = slot_sources({"resnet18": args.resnet18, "resnet50": args.resnet50 or []})
+    classifier_runs, members = slot_sources({"resnet18": args.resnet18, "resnet50": args.resnet50 or [],
+                                             "efficientnet": args.efficientnet or []})
     metrics = export(classifier_runs, Path(args.unet) if args.unet else None, Path(args.out), args.limit,
                      score_test=not args.val_only, members=members)
     for split in metrics["classifiers"]:
@@ -257,7 +263,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _domain_warnings(domain) -> list[str]:
-    return [] if domain is None or domain.in_domain else [f"not a dermatoscopic lesion image: {domain.reason}"]
+    if domain is None or domain.in_domain:
+        return []
+    return [domain.reason if domain.kind == "small" else f"not a dermatoscopic lesion image: {domain.reason}"]
 
 
 def _csv_cell(value) -> str:
@@ -378,7 +386,7 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 
 
 def _add_gate_check(sub: argparse._SubParsersAction) -> None:
-    from derm.gate_fit import SHOULD_ACCEPT, SHOULD_REFUSE
+    from derm.gate_sets import SHOULD_ACCEPT, SHOULD_REFUSE
 
     p = sub.add_parser("gate-check", help="share of images the domain gate refuses, per folder or named set",
                        description="Runs each image through the app's domain gate and prints, per folder or "
@@ -529,6 +537,7 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from derm import runs
     from derm.jobs import runs_table
 
     table = runs_table(runs.list_runs(Path(args.runs) if args.runs else None))

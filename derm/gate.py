@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -45,7 +45,12 @@ REASONS = {
     "blank": "There is no skin lesion in view: the image is blank, flat, noise or a plain pattern.",
     "grey": "This is a black-and-white image; dermatoscopic images are colour photos of a skin lesion.",
     "distance": "This image is unlike the dermatoscopic images the models were trained on.",
+    "small": "At {width}x{height} pixels there is too little to judge what it shows: the models need a "
+             "dermatoscopic close-up of about 200x150 pixels or more.",
 }
+# below this many pixels on the shorter side the statistics and features describe the upscaling, not
+# the image: the size is the reason given (the pipeline warns of 'tiny' images below the same size)
+MIN_JUDGED_SIDE = 64
 # mean (max - min) over the colour channels below which an image is greyscale: dermatoscopic
 # images of HAM10000, isic2018_task1 and derm7pt all lie above 0.02
 GREY_SPREAD = 0.01
@@ -248,7 +253,17 @@ class DomainGate:
 
     def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
         deep, stats = self.features(images, inputs)
-        return decide(self.params, deep, stats, self.device_probabilities(images))
+        decisions = decide(self.params, deep, stats, self.device_probabilities(images))
+        return [judged_at_size(d, im.shape[:2]) for d, im in zip(decisions, images)]
+
+
+def judged_at_size(decision: GateDecision, image_hw: tuple[int, int]) -> GateDecision:
+    """A tiny image is refused for its size, whatever its statistics said: an 8x8 thumbnail of a
+    lesion otherwise passes, or is called blank, and either way the user never learns the real problem."""
+    height, width = image_hw
+    if min(height, width) >= MIN_JUDGED_SIDE:
+        return decision
+    return replace(decision, in_domain=False, kind="small", reason=REASONS["small"].format(width=width, height=height))
 
 
 def has_gate(weights_dir: Path) -> bool:
