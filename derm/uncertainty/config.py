@@ -1,0 +1,102 @@
+"""The manifest's `uncertainty` section: fitted from validation probabilities, read back by every user.
+
+`fit_uncertainty(val_probs, y_val)` is what an export calls (manifest["uncertainty"] = its result);
+`UncertaintyConfig.from_manifest(manifest)` is what the Predictor side calls, and gives None for weights
+exported without the section (then no set and no triage are shown).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from derm.classes import CLASSES
+from derm.uncertainty.conformal import DEFAULT_LEVEL, LEVELS, ConformalConfig, check_level, fit_conformal
+from derm.uncertainty.triage import TriageConfig, fit_triage, malignancy_score
+
+SECTION = "uncertainty"
+VERSION = 1
+
+
+@dataclass
+class UncertaintyConfig:
+    """Prediction sets and the malignancy operating point of one ensemble."""
+
+    conformal: ConformalConfig
+    triage: TriageConfig
+    val_coverage: dict[float, float]  # level -> coverage measured on the calibration images
+    val_mean_size: dict[float, float]
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        return self.conformal.levels
+
+    def level(self, level: float | None = None) -> float:
+        """The stored level for `level` (default: 90%); ValueError for one that was not fitted."""
+        return check_level(DEFAULT_LEVEL if level is None else level, self.levels)
+
+    def prediction_sets(self, probs: np.ndarray, level: float | None = None) -> list[list[str]]:
+        return self.conformal.sets(probs, self.level(level))
+
+    def membership(self, probs: np.ndarray, level: float | None = None) -> np.ndarray:
+        return self.conformal.membership(probs, self.level(level))
+
+    def row_fields(self, probs: np.ndarray, level: float | None = None) -> dict:
+        """The `predict` columns for one image's 7 probabilities: prediction_set (codes, most probable
+        first, joined by |), malignancy_score and malignancy_flag."""
+        probs = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+        score = float(malignancy_score(probs)[0])
+        return {"prediction_set": "|".join(self.prediction_sets(probs, level)[0]),
+                "malignancy_score": round(score, 6), "malignancy_flag": bool(score >= self.triage.threshold)}
+
+    def to_dict(self) -> dict:
+        return {"version": VERSION, "fitted_on": "HAM10000 validation split", "default_level": DEFAULT_LEVEL,
+                "sets": self.conformal.to_dict(), "triage": self.triage.to_dict(),
+                "val": {f"{level:g}": {"coverage": round(self.val_coverage[level], 4),
+                                       "mean_size": round(self.val_mean_size[level], 4)} for level in self.levels}}
+
+    @classmethod
+    def from_dict(cls, section: dict) -> UncertaintyConfig:
+        val = {float(k): v for k, v in section.get("val", {}).items()}
+        return cls(ConformalConfig.from_dict(section["sets"]), TriageConfig.from_dict(section["triage"]),
+                   {k: float(v["coverage"]) for k, v in val.items()}, {k: float(v["mean_size"]) for k, v in val.items()})
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> UncertaintyConfig | None:
+        """The section of a manifest, or None when it has none (or one this code cannot read: then a
+        warning, and the app runs without sets rather than failing)."""
+        section = manifest.get(SECTION)
+        if not section:
+            return None
+        if section.get("version") != VERSION:
+            warnings.warn(f"uncertainty section version {section.get('version')} is not {VERSION}: no prediction sets",
+                          stacklevel=2)
+            return None
+        try:
+            return cls.from_dict(section)
+        except (KeyError, TypeError, ValueError) as exc:
+            warnings.warn(f"unreadable uncertainty section ({exc!r}): no prediction sets", stacklevel=2)
+            return None
+
+
+def fit_uncertainty_config(val_probs: np.ndarray, y_val: np.ndarray, levels: tuple[float, ...] = LEVELS
+                           ) -> tuple[UncertaintyConfig, dict]:
+    """Sets and triage from validation probabilities and labels; also what chose the sets' settings."""
+    val_probs, y_val = np.asarray(val_probs, dtype=np.float64), np.asarray(y_val, dtype=int)
+    conformal, choice = fit_conformal(val_probs, y_val, levels)
+    triage = fit_triage(val_probs, y_val)
+    coverage, size = {}, {}
+    for level in conformal.levels:
+        member = conformal.membership(val_probs, level)
+        coverage[level] = float(member[np.arange(len(y_val)), y_val].mean())
+        size[level] = float(member.sum(1).mean())
+    return UncertaintyConfig(conformal, triage, coverage, size), choice
+
+
+def fit_uncertainty(val_probs: np.ndarray, y_val: np.ndarray) -> dict:
+    """manifest["uncertainty"]: the JSON-able section fitted on the ensemble's validation probabilities
+    (N x 7, the class order of derm.classes) and labels (class indices)."""
+    config, choice = fit_uncertainty_config(val_probs, y_val)
+    return {**config.to_dict(), "choice": choice, "classes": list(CLASSES)}

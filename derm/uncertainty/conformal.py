@@ -1,0 +1,217 @@
+"""Prediction sets with a stated coverage: split conformal classification with an adaptive score (RAPS).
+
+A set of diagnoses contains the true one for at least a chosen share (80%, 90%, 95%) of images that are
+exchangeable with the calibration images (HAM10000 validation). The score of a class is RAPS
+(Angelopoulos et al., ICLR 2021) without its random tie-break, so one image always gets the same set:
+the probability mass of the classes ranked at or above it, plus `penalty` for each rank beyond
+`k_reg`. Easy images get one class, hard ones several; the penalty stops the long tail of tiny
+probabilities from making sets of five. The threshold is the finite-sample conformal quantile of the
+true class's score over all calibration images: the marginal guarantee.
+
+Class-conditional widening: a class whose calibration images the marginal sets cover significantly
+less often than the level (one-sided binomial test) is also put in every set where its probability
+reaches a minimum, chosen as that class's own conformal quantile among its calibration images the
+marginal set missed, so the class alone reaches the level ("Mondrian" on the true class). The widening
+is in probability, not in the RAPS score: raising a class's RAPS threshold instead would add it to
+almost every set where it ranks second or third. Widening only adds classes, so the marginal guarantee
+still holds. A class with too few calibration images for a finite quantile at a level takes its
+smallest probability there and is recorded as not guaranteed at that level.
+
+The score is the same at every level, each level's threshold is at least the lower levels' and each
+minimum probability at most theirs, so the 80% set is inside the 90% set, inside the 95% set, for every
+image. The top class is always in the set (never an empty set; that only adds coverage). The penalty
+and k_reg are chosen by the smallest held-out mean set size at 90% (5-fold cross-fitting on the
+calibration images), then every threshold is fitted on all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.model_selection import StratifiedKFold
+
+from derm.classes import CLASSES, NUM_CLASSES
+
+LEVELS = (0.8, 0.9, 0.95)
+DEFAULT_LEVEL = 0.9
+PENALTIES = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # RAPS's lambda candidates (its paper's grid, and a few more)
+K_REGS = (1, 2, 3)
+FOLDS = 5
+UNDER_COVERED_P = 0.05  # a class is widened when its marginal coverage is this unlikely under the level
+NO_WIDENING = math.inf  # a class's minimum probability when it is not widened
+
+
+@dataclass
+class ConformalConfig:
+    """The fitted sets: the score's two settings, one threshold per level, and per level and class the
+    probability from which a widened class joins every set (inf: not widened)."""
+
+    penalty: float
+    k_reg: int
+    thresholds: dict[float, float]
+    min_probability: dict[float, np.ndarray]
+    not_guaranteed: dict[float, list[str]] = field(default_factory=dict)
+    n_calibration: int = 0
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        return tuple(sorted(self.thresholds))
+
+    def scores(self, probs: np.ndarray) -> np.ndarray:
+        return raps_scores(probs, self.penalty, self.k_reg)
+
+    def membership(self, probs: np.ndarray, level: float) -> np.ndarray:
+        """N x 7 booleans: class c is in image n's set at `level`."""
+        level = check_level(level, self.levels)
+        probs = np.asarray(probs, dtype=np.float64)
+        return set_membership(self.scores(probs), self.thresholds[level], self.min_probability[level], probs)
+
+    def sets(self, probs: np.ndarray, level: float) -> list[list[str]]:
+        """Each image's set as class codes, most probable first."""
+        return [ordered_codes(row, p) for row, p in zip(self.membership(probs, level), np.asarray(probs))]
+
+    def to_dict(self) -> dict:
+        return {"method": "split conformal, RAPS score without randomisation; classes the marginal sets "
+                          "under-cover on validation widened by a per-class minimum probability",
+                "penalty": self.penalty, "k_reg": self.k_reg, "n_calibration": self.n_calibration,
+                "levels": {f"{level:g}": {
+                    "threshold": round(self.thresholds[level], 6),
+                    "widened": {c: round(float(m), 6) for c, m in zip(CLASSES, self.min_probability[level])
+                                if math.isfinite(m)},
+                    "not_guaranteed": self.not_guaranteed.get(level, [])} for level in self.levels}}
+
+    @classmethod
+    def from_dict(cls, section: dict) -> ConformalConfig:
+        levels = {float(level): entry for level, entry in section["levels"].items()}
+        return cls(float(section["penalty"]), int(section["k_reg"]),
+                   {level: float(entry["threshold"]) for level, entry in levels.items()},
+                   {level: np.array([float(entry.get("widened", {}).get(c, NO_WIDENING)) for c in CLASSES])
+                    for level, entry in levels.items()},
+                   {level: list(entry.get("not_guaranteed", [])) for level, entry in levels.items()},
+                   int(section.get("n_calibration", 0)))
+
+
+def check_level(level: float, levels: tuple[float, ...]) -> float:
+    """The stored level equal to `level` (0.9 and 0.90000001 are one level), or a clear ValueError."""
+    for known in levels:
+        if math.isclose(level, known, abs_tol=1e-9):
+            return known
+    raise ValueError(f"coverage {level:g} is not one of the fitted levels {', '.join(f'{x:g}' for x in levels)}")
+
+
+def ranks(probs: np.ndarray) -> np.ndarray:
+    """N x 7: each class's rank in its image (0 = most probable; ties broken by class order)."""
+    order = np.argsort(-np.asarray(probs), axis=1, kind="stable")
+    out = np.empty_like(order)
+    np.put_along_axis(out, order, np.broadcast_to(np.arange(order.shape[1]), order.shape).copy(), axis=1)
+    return out
+
+
+def raps_scores(probs: np.ndarray, penalty: float, k_reg: int) -> np.ndarray:
+    """N x 7 RAPS scores without randomisation: the mass of the classes ranked at or above a class,
+    plus penalty per rank beyond k_reg (ranks counted from 1). Rises with rank within an image."""
+    probs = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-probs, axis=1, kind="stable")
+    cumulative_sorted = np.cumsum(np.take_along_axis(probs, order, axis=1), axis=1)
+    cumulative = np.empty_like(cumulative_sorted)
+    np.put_along_axis(cumulative, order, cumulative_sorted, axis=1)
+    return cumulative + penalty * np.maximum(ranks(probs) + 1 - k_reg, 0)
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ceil((n+1) level)-th smallest score: a new exchangeable score is at most this with
+    probability >= level. +inf when n is too small for that."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    k = math.ceil((len(scores) + 1) * level - 1e-9)
+    return float(scores[k - 1]) if 0 < k <= len(scores) else math.inf
+
+
+def set_membership(scores: np.ndarray, threshold: float, min_probability: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """A class is in the set when its score is at most the threshold, or its probability reaches its
+    class's minimum (widened classes); the top class always is."""
+    member = (scores <= threshold) | (probs >= min_probability[None, :])
+    member[np.arange(len(member)), probs.argmax(1)] = True
+    return member
+
+
+def ordered_codes(member: np.ndarray, probs: np.ndarray) -> list[str]:
+    """The class codes of one set, most probable first."""
+    return [CLASSES[i] for i in np.argsort(-probs, kind="stable") if member[i]]
+
+
+def under_covered(covered: int, n: int, level: float) -> bool:
+    """True when covering `covered` of `n` would be unlikely (p < UNDER_COVERED_P) at coverage `level`."""
+    return n > 0 and binomtest(covered, n, level, alternative="less").pvalue < UNDER_COVERED_P
+
+
+def class_min_probability(probs_c: np.ndarray, covered: np.ndarray, level: float) -> tuple[float, bool]:
+    """The probability from which class c joins every set so that its own calibration images reach
+    `level`: the conformal quantile of "missing" (1 - p_c where the marginal set missed, -inf where it
+    covered). Also whether that quantile was finite (else: the smallest missed probability, not guaranteed)."""
+    miss = np.where(covered, -np.inf, 1.0 - probs_c)
+    q = conformal_quantile(miss, level)
+    if q == -np.inf:
+        return NO_WIDENING, True
+    if math.isinf(q):
+        return float(probs_c[~covered].min()), False
+    return 1.0 - q, True
+
+
+def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
+              levels: tuple[float, ...] = LEVELS) -> ConformalConfig:
+    """Thresholds and widening for a given score on calibration probabilities and labels; raised level
+    by level so that sets nest."""
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
+    scores = raps_scores(probs, penalty, k_reg)
+    true_scores = scores[np.arange(len(y)), y]
+    thresholds, minimum, not_guaranteed = {}, {}, {}
+    floor, ceiling = -math.inf, np.full(NUM_CLASSES, NO_WIDENING)
+    for level in sorted(levels):
+        threshold = max(conformal_quantile(true_scores, level), floor)
+        base = set_membership(scores, threshold, np.full(NUM_CLASSES, NO_WIDENING), probs)
+        covered = base[np.arange(len(y)), y]
+        values, unsure = np.full(NUM_CLASSES, NO_WIDENING), []
+        for c, code in enumerate(CLASSES):
+            mine = y == c
+            if under_covered(int(covered[mine].sum()), int(mine.sum()), level):
+                values[c], sure = class_min_probability(probs[mine, c], covered[mine], level)
+                if not sure:
+                    unsure.append(code)
+        values = np.minimum(values, ceiling)
+        thresholds[level], minimum[level], not_guaranteed[level] = threshold, values, unsure
+        floor, ceiling = threshold, values
+    return ConformalConfig(penalty, k_reg, thresholds, minimum, not_guaranteed, len(y))
+
+
+def held_out_set_size(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int, level: float = DEFAULT_LEVEL,
+                      folds: int = FOLDS, seed: int = 0) -> float:
+    """Mean set size at `level` on each fold when calibrated on the others: how a setting is judged
+    without scoring the sets on the images that calibrated them."""
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    counts = np.bincount(y, minlength=NUM_CLASSES)
+    strata = np.where(counts[y] >= folds, y, -1)  # classes too small for every fold share one stratum
+    sizes = []
+    for fit_idx, held_idx in splitter.split(probs, strata):
+        config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,))
+        sizes.append(config.membership(probs[held_idx], level).sum(1))
+    return float(np.concatenate(sizes).mean())
+
+
+def fit_conformal(probs: np.ndarray, y: np.ndarray, levels: tuple[float, ...] = LEVELS,
+                  penalties: tuple[float, ...] = PENALTIES, k_regs: tuple[int, ...] = K_REGS
+                  ) -> tuple[ConformalConfig, dict]:
+    """The sets for an ensemble, from its validation probabilities and labels alone: the (penalty, k_reg)
+    with the smallest held-out mean set size at the default level (ties: the smaller penalty, then k_reg),
+    then every threshold on all validation images. Returns the config and what chose it."""
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
+    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES or len(probs) != len(y):
+        raise ValueError(f"need N x {NUM_CLASSES} probabilities and N labels, got {probs.shape} and {len(y)}")
+    sizes = {(p, k): held_out_set_size(probs, y, p, k) for p in penalties for k in k_regs}
+    penalty, k_reg = min(sizes, key=lambda pk: (round(sizes[pk], 4), pk))
+    return calibrate(probs, y, penalty, k_reg, levels), {
+        "rule": f"smallest mean set size at {DEFAULT_LEVEL:g} on held-out folds ({FOLDS}-fold cross-fitting)",
+        "held_out_mean_size": {f"penalty={p:g},k_reg={k}": round(s, 4) for (p, k), s in sizes.items()},
+        "penalty": penalty, "k_reg": k_reg}
