@@ -18,19 +18,19 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from derm import data, distill, runs
+from derm import combination, data, distill, runs
 from derm.augment import TTA_VIEWS
 from derm.classes import CLASSES
 from derm.evaluate import (classifier_probabilities, full_resolution_scores, load_checkpoint_model,
                            predictions_frame, segmenter_probabilities, split_table)
 from derm.metrics import batch_dice_iou, classification_report, segmentation_report, selection_score
 from derm.maskclean import CHOSEN as CHOSEN_CLEANING
-from derm.pipeline import Predictor, average_members, averages_networks, combine, temper
+from derm.combination import combine_weighted, frequency_routing
+from derm.pipeline import Predictor, average_members, averages_networks, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 
-FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
-PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CV_FOLDS, CV_REPEATS = 5, 3  # how the slots' combination is cross-validated inside validation
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # the U-Net's flip/rotation TTA runs it four times, most of its share of the app's latency: take it only
 # for a real gain in validation Dice (docs/tried.md: a 144x192 U-Net's TTA gained 0.0004 for 1.29x latency)
@@ -161,15 +161,6 @@ def train_class_counts(config: dict) -> dict[str, int]:
     return {c: int((part["label"] == c).sum()) for c in CLASSES}
 
 
-def frequency_routing(counts: dict[str, int], model_names: list[str]) -> dict[str, str]:
-    """Frequent classes (>= 10% of training images) -> the first model, rare ones -> the second."""
-    if len(model_names) == 1:
-        return {c: model_names[0] for c in CLASSES}
-    total = sum(counts.values())
-    frequent, rare = model_names[0], model_names[1]
-    return {c: frequent if counts[c] / total >= FREQUENT_SHARE else rare for c in CLASSES}
-
-
 def shipped_segmenter_scores(source: Path | None, limit: int = 0) -> dict | None:
     """A shipped U-Net's manifest entry, scores, validation choices and the split they were measured on,
     when `source` is that U-Net's file beside its manifest and metrics: re-exporting the classifiers alone
@@ -231,17 +222,22 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
             "val_ece_before": classification_report(y_val, val_probs)["ece"],
             "val_ece_after": classification_report(y_val, probs["val"][name])["ece"]}
 
-    # ensemble: each slot the mean of its members, routing validated per class, prior correction chosen on validation
+    # ensemble: each slot the mean of its members; how the slots combine chosen by cross-validation inside validation
     ens = manifest["ensemble"]
     y = {s: parts[s]["label_idx"].values for s in parts}
     member_probs, probs = probs, {s: average_members(probs[s], predictor.members) for s in splits}
-    if len(probs["val"]) > 1:
-        ens["routing"], metrics["choices"]["routing"] = validate_routing(ens["routing"], probs["val"], y["val"])
-    prior = predictor.prior
-    scores = {tau: selection_score(classification_report(y["val"], combine(probs["val"], ens["routing"], prior, tau)))
-              for tau in PRIOR_CORRECTIONS}
-    ens["prior_correction"] = max(scores, key=scores.get)
-    metrics["choices"]["prior_correction_val_scores"] = {str(k): v for k, v in scores.items()}
+    choice = combination.choose(probs["val"], y["val"], predictor.prior, ens["train_class_counts"],
+                                slot_sets(list(predictor.members)))
+    dropped = drop_unused_slots(manifest, predictor, choice.candidate.slots, out)
+    probs = {s: {slot: p for slot, p in probs[s].items() if slot in choice.candidate.slots} for s in splits}
+    member_probs = {s: {m: p for m, p in member_probs[s].items() if m in predictor.classifiers} for s in splits}
+    ens["weights"], ens["prior_correction"] = choice.weights, choice.candidate.prior_correction
+    ens["routing"] = combination.carrying_slot(choice.weights)
+    ens["combination"] = {"rule": choice.candidate.kind, "slots": list(choice.candidate.slots),
+                          "shrinkage": choice.candidate.shrinkage, "prior_correction": choice.candidate.prior_correction,
+                          "criterion": "mean of balanced accuracy and macro F1, then macro AUC",
+                          "cross_validation": f"{CV_FOLDS}-fold stratified inside validation, {CV_REPEATS} fold seeds",
+                          "dropped_slots": dropped, "candidates": choice.table}
     ood_model = next(iter(predictor.classifiers))
     clf = predictor.classifiers[ood_model]
     val_images = data.cached_array(list(parts["val"]["image_path"]), clf.input_hw, "image")
@@ -250,7 +246,7 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
                   "rule": "1st percentile of validation energy"}
 
     for split_name in splits:
-        combined = combine(probs[split_name], ens["routing"], prior, ens["prior_correction"])
+        combined = combine_weighted(probs[split_name], ens["weights"], predictor.prior, ens["prior_correction"])
         metrics["classifiers"][split_name] = {
             **{n: classification_report(y[split_name], p) for n, p in probs[split_name].items()},
             "ensemble": classification_report(y[split_name], combined)}
@@ -277,6 +273,28 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def slot_sets(slots: list[str]) -> list[list[str]]:
+    """The slot sets the combination is chosen among: the two ResNet slots alone, and with each further
+    slot (an ImageNet-pretrained member joins only where cross-validation says it helps)."""
+    base = [s for s in slots if s in ("resnet18", "resnet50")] or slots[:2]
+    extra = [s for s in slots if s not in base]
+    return [base] + ([base + extra] if extra else [])
+
+
+def drop_unused_slots(manifest: dict, predictor: Predictor, kept: tuple[str, ...], out: Path) -> list[str]:
+    """Remove the slots the chosen combination does not use from the manifest, the predictor and `out`:
+    a member that does not help costs the app time and every clone its size."""
+    dropped = [slot for slot in predictor.members if slot not in kept]
+    for slot in dropped:
+        for name in predictor.members.pop(slot):
+            entry = manifest["models"].pop(name)
+            (out / entry["file"]).unlink(missing_ok=True)
+            predictor.classifiers.pop(name)
+    if "members" in manifest["ensemble"]:
+        manifest["ensemble"]["members"] = {s: names for s, names in manifest["ensemble"]["members"].items() if s in kept}
+    return dropped
 
 
 def teacher_runs_of(configs: dict[str, dict]) -> list[Path]:
@@ -341,22 +359,6 @@ def previous_segmenter(entry: dict, scores: dict, out: Path) -> dict:
     return {"encoder": entry.get("encoder", {}).get("name", "none"), "width": entry.get("width"),
             "input_hw": entry["input_hw"], "tta": entry.get("tta", []), "run": entry.get("training", {}).get("run"),
             "scores": scores, "external": {name: e["segmentation"] for name, e in external.items() if "segmentation" in e}}
-
-
-def validate_routing(routing: dict[str, str], val_probs: dict[str, np.ndarray], y_val: np.ndarray,
-                     margin: float = 0.02) -> tuple[dict[str, str], dict]:
-    """Keep the frequency routing for a class unless the other model's validation AUC for it is
-    better by more than `margin` (AUC: threshold-free, so fair to a score that gets renormalised)."""
-    from derm.metrics import one_vs_rest_auc
-
-    aucs = {m: one_vs_rest_auc(p, y_val) for m, p in val_probs.items()}
-    final, record = {}, {}
-    for c, chosen in routing.items():
-        best = max(aucs, key=lambda m: aucs[m][c] or 0.0)
-        switch = best != chosen and (aucs[best][c] or 0) - (aucs[chosen][c] or 0) > margin
-        final[c] = best if switch else chosen
-        record[c] = {"by_frequency": chosen, "val_auc": {m: aucs[m][c] for m in aucs}, "final": final[c]}
-    return final, record
 
 
 def choose_segmenter_setting(val_dice: dict[tuple[tuple[str, ...], float], float],

@@ -31,6 +31,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from derm import gate_net, weights
+from derm.gate_objects import ObjectCheck
 
 GATE_JSON, GATE_TENSORS = "gate.json", "gate.safetensors"
 FEATURE_MODEL = "resnet18"
@@ -128,6 +129,7 @@ class GateParams:
     notes: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)  # the device network's NetConfig (gate_net.safetensors); {} = none
     net_min_probability: float = 0.0         # its P(dermatoscopic) below this is refused
+    objects: dict = field(default_factory=dict)  # the ImageNet object check (derm.gate_objects); {} = none
 
     ARRAYS = ("pca_mean", "pca_components", "maha_precision", "maha_centre", "scale_mean", "scale_std",
               "coef", "intercept")
@@ -160,6 +162,7 @@ class GateDecision:
     kind: str
     reason: str | None
     device_probability: float | None = None
+    object_score: float | None = None  # share of an ImageNet network's answer outside lesion-like classes
 
     def message(self) -> str | None:
         return None if self.in_domain else self.reason
@@ -168,8 +171,10 @@ class GateDecision:
         """The numbers behind the verdict, for a curious reader."""
         device = "" if self.device_probability is None else \
             f", device network's dermatoscopic probability {self.device_probability:.2f}"
+        objects = "" if self.object_score is None else \
+            f", everyday-object score {self.object_score:.2f} (ImageNet classes unlike a lesion)"
         return (f"dermatoscopic probability {self.probability:.2f}{device}, "
-                f"distance from the training images {self.distance:.1f}")
+                f"distance from the training images {self.distance:.1f}{objects}")
 
 
 def file_sha256(path: Path) -> str:
@@ -229,12 +234,13 @@ class DomainGate:
     """The fitted gate bound to the classifier whose features it reads."""
 
     def __init__(self, params: GateParams | None, model: nn.Module, to_tensor, bf16: bool = False,
-                 net: nn.Module | None = None):
+                 net: nn.Module | None = None, objects: ObjectCheck | None = None):
         self.params = params
         self.model = model
         self.to_tensor = to_tensor  # list of RGB images -> the classifier's normalised input batch
         self.bf16 = bf16
         self.net = net  # the device network (derm.gate_net), when the gate has one
+        self.objects = objects  # the ImageNet object check (derm.gate_objects), when the gate has one
 
     @torch.no_grad()
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +260,20 @@ class DomainGate:
     def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
         deep, stats = self.features(images, inputs)
         decisions = decide(self.params, deep, stats, self.device_probabilities(images))
+        decisions = self.judged_for_objects(decisions, images)
         return [judged_at_size(d, im.shape[:2]) for d, im in zip(decisions, images)]
+
+    def judged_for_objects(self, decisions: list[GateDecision], images: list[np.ndarray]) -> list[GateDecision]:
+        """Images the gate accepted are refused when an ImageNet network sees an everyday object in them."""
+        accepted = [k for k, d in enumerate(decisions) if d.in_domain]
+        if self.objects is None or not accepted:
+            return decisions
+        decisions = list(decisions)
+        for k, (refused, reason, score) in zip(accepted, self.objects.judge([images[k] for k in accepted])):
+            decisions[k] = replace(decisions[k], object_score=score)
+            if refused:
+                decisions[k] = replace(decisions[k], in_domain=False, kind="object", reason=reason)
+        return decisions
 
 
 def judged_at_size(decision: GateDecision, image_hw: tuple[int, int]) -> GateDecision:

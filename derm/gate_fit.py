@@ -35,9 +35,10 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
 
-from derm import data, gate_net, negatives
+from derm import data, gate_net, gate_objects, negatives
 from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, load_net, mahalanobis,
                        regression_inputs)
+from derm.gate_sets import SHOULD_ACCEPT, SHOULD_REFUSE
 from derm.pipeline import Predictor, classifier_input
 from derm.weights import to_fp16, to_fp32
 
@@ -249,10 +250,6 @@ class GateSources:
     derm7pt: Path = data.REPO_ROOT.parent / "shared" / "derm7pt"
 
 
-SHOULD_ACCEPT = ("ham_val", "ham_test", "isic_val", "isic_test", "derm7pt_report", "derm7pt")
-SHOULD_REFUSE = ("clinical_report", "clinical_all", "skimage", "drawn_screens", "drawn_blank")
-
-
 def named_set(name: str, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
               thumbnails: Images | None = None) -> list:
     """The images (or their paths) of one named set. The roles are in this module's docstring."""
@@ -308,6 +305,30 @@ def kept_device_net(weights_dir: Path, config: GateFitConfig) -> tuple[nn.Module
     return load_net(params, weights_dir), dataclasses.replace(config, net=recipe)
 
 
+def imagenet_probabilities_of(model: nn.Module, items: list, bf16: bool, desc: str = "", batch_size: int = 32) -> np.ndarray:
+    """The ImageNet softmax of images given as arrays or paths, read a batch at a time."""
+    out = [gate_objects.imagenet_probabilities(model, [read_rgb(i) if isinstance(i, (str, Path)) else i
+                                                       for i in items[start:start + batch_size]], bf16)
+           for start in tqdm(range(0, len(items), batch_size), desc=desc or "imagenet", unit="batch", leave=False,
+                             disable=not desc)]
+    return np.concatenate(out) if out else np.zeros((0, 1000))
+
+
+def fit_objects(fit_images: dict[str, list], val_images: dict[str, list], bf16: bool = False
+                ) -> tuple[gate_objects.ObjectCheckParams, dict[str, float]]:
+    """The ImageNet object check: lesion-like classes from every dermatoscopic fit image, the threshold
+    from each validation dermatoscopic source; returns it and the validation shares it refuses."""
+    model, sha = gate_objects.load_imagenet_net()
+    fit = np.concatenate([imagenet_probabilities_of(model, list(v), bf16, f"imagenet fit {k}")
+                          for k, v in fit_images.items() if kind_of(k) == "dermoscopic"])
+    val = {k: imagenet_probabilities_of(model, list(v), bf16, f"imagenet val {k}") for k, v in val_images.items()}
+    params = gate_objects.fit_object_check(fit, {k: p for k, p in val.items() if kind_of(k) == "dermoscopic"}, sha)
+    shares = {f"val {k}": float(np.mean(gate_objects.object_scores(p, params.lesion_like)[0] > params.threshold))
+              for k, p in val.items()}
+    params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}
+    return params, shares
+
+
 def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
              ham_train_limit: int = 2000, keep_net_from: Path | None = None
              ) -> tuple[GateParams, nn.Module | None, dict]:
@@ -333,7 +354,20 @@ def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config:
         params.net = dataclasses.asdict(config.net)
     shares = {f"val {k}": refused_share(params, v, val_device.get(k)) for k, v in val.items()}
     params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}
+    objects, _ = fit_objects(fit_images, val_images, predictor.classifiers[FEATURE_MODEL].bf16)
+    params.objects = objects.to_dict()
     return params, net, shares
+
+
+def add_object_check(weights_dir: Path, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),
+                     ham_train_limit: int = 2000, bf16: bool = False) -> tuple[GateParams, dict[str, float]]:
+    """Fit the ImageNet object check into the gate shipped in `weights_dir`, leaving the rest of the gate
+    as it is (its regression and network read the ResNet18, which an added ensemble member leaves alone)."""
+    params = GateParams.load(Path(weights_dir))
+    fit_images, val_images, _ = fitting_sets(sources, config, ham_train_limit)
+    objects, shares = fit_objects(fit_images, val_images, bf16)
+    params.objects = objects.to_dict()
+    return params, shares
 
 
 def check_sets(predictor: Predictor, names: list[str], folders: list[str], sources: GateSources = GateSources(),

@@ -18,8 +18,10 @@ from torch import nn
 from derm import lesion
 from derm.augment import normalize, uint8_to_float, view
 from derm.colour import apply_constancy
+from derm.combination import carrying_slot, combine_weighted, routing_weights
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
+from derm.gate_objects import ObjectCheckParams, load_object_check
 from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_net, load_params_for
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
@@ -38,15 +40,19 @@ def to_landscape(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
     return rgb, False
 
 
-def center_crop_to_aspect(rgb: np.ndarray, aspect_w_over_h: float) -> np.ndarray:
-    height, width = rgb.shape[:2]
+def crop_box(height: int, width: int, aspect_w_over_h: float) -> tuple[int, int, int, int]:
+    """(y0, x0, crop height, crop width) of the centred crop to this aspect: one function for
+    classifier_input and heat_to_image, so a heat map goes back onto exactly the pixels that were seen."""
     if width / height > aspect_w_over_h:  # too wide
         new_w = round(height * aspect_w_over_h)
-        x0 = (width - new_w) // 2
-        return rgb[:, x0:x0 + new_w]
+        return 0, (width - new_w) // 2, height, new_w
     new_h = round(width / aspect_w_over_h)
-    y0 = (height - new_h) // 2
-    return rgb[y0:y0 + new_h]
+    return (height - new_h) // 2, 0, new_h, width
+
+
+def center_crop_to_aspect(rgb: np.ndarray, aspect_w_over_h: float) -> np.ndarray:
+    y0, x0, crop_h, crop_w = crop_box(*rgb.shape[:2], aspect_w_over_h)
+    return rgb[y0:y0 + crop_h, x0:x0 + crop_w]
 
 
 def classifier_input(rgb: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
@@ -152,17 +158,11 @@ def ensemble_members(manifest: dict) -> dict[str, list[str]]:
     return {name: [name] for name, entry in manifest["models"].items() if entry["arch"] != "unet"}
 
 
-def combine(per_model: dict[str, np.ndarray], routing: dict[str, str], prior: np.ndarray | None = None,
-            prior_correction: float = 0.0) -> np.ndarray:
-    """The ensemble: each class's score from the model routed to it, renormalised to sum to 1.
-
-    With prior_correction tau > 0, scores are divided by prior**tau (logit adjustment), which trades
-    frequent-class accuracy for rare-class recall; tau is chosen on the validation split.
-    """
-    scores = np.stack([per_model[routing[c]][:, i] for i, c in enumerate(CLASSES)], axis=1)
-    if prior is not None and prior_correction:
-        scores = scores * prior[None, :] ** -prior_correction
-    return scores / scores.sum(axis=1, keepdims=True)
+def slot_weights(manifest: dict, slots: list[str]) -> dict[str, dict[str, float]]:
+    """The manifest's per-class weights over the slots (`ensemble.weights`); weights exported before
+    there were any route each class wholly to one slot (`ensemble.routing`)."""
+    ens = manifest["ensemble"]
+    return ens.get("weights") or routing_weights(ens["routing"], slots)
 
 
 @dataclass
@@ -209,6 +209,8 @@ class Result:
     seconds: dict[str, float] = field(default_factory=dict)
     domain: GateDecision | None = None  # the domain gate's verdict; None when the weights have no gate
     features: dict[str, np.ndarray] | None = None  # each classifier's pooled features (derm.similar)
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # {class: {slot: weight}} of the mix
+    prior_correction: float = 0.0  # each mixed score was divided by the class's training share to this power
 
     @property
     def in_domain(self) -> bool:
@@ -241,7 +243,8 @@ class Predictor:
                 entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"))
         ens = self.manifest["ensemble"]
         self.members = ensemble_members(self.manifest)
-        self.routing: dict[str, str] = ens["routing"]
+        self.weights = slot_weights(self.manifest, list(self.members))  # {class: {slot: weight}}
+        self.routing: dict[str, str] = carrying_slot(self.weights)  # the slot that carries most of each class
         counts = np.array([ens["train_class_counts"][c] for c in CLASSES], dtype=float)
         self.prior = counts / counts.sum()
         self.prior_correction = float(ens.get("prior_correction", 0.0))
@@ -261,7 +264,8 @@ class Predictor:
         feature_file = self.weights_dir / self.manifest["models"][FEATURE_MODEL]["file"]
         clf = self.classifiers[FEATURE_MODEL]
         params = load_params_for(self.weights_dir, feature_file)
-        return DomainGate(params, clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir))
+        objects = load_object_check(ObjectCheckParams.from_dict(params.objects), clf.bf16)
+        return DomainGate(params, clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir), objects)
 
     def check_domain(self, images: list[np.ndarray]) -> list[GateDecision | None]:
         """The gate's verdict per image (None for each when these weights have no gate)."""
@@ -281,7 +285,7 @@ class Predictor:
     def ensemble(self, per_model: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """From every classifier's probabilities: the ensemble's and each slot's (mean of its members)."""
         slots = average_members(per_model, self.members)
-        return combine(slots, self.routing, self.prior, self.prior_correction), slots
+        return combine_weighted(slots, self.weights, self.prior, self.prior_correction), slots
 
     def model_probabilities(self, images: list[np.ndarray],
                             features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -326,7 +330,8 @@ class Predictor:
                         per_model={m: {c: float(p[0, i]) for i, c in enumerate(CLASSES)} for m, p in per_model.items()},
                         source=dict(self.routing), label=label, confidence=probs[label],
                         seconds={"gate": t0 - tg, "classify": t1 - t0}, domain=domain,
-                        features={name: f[0] for name, f in features.items()})
+                        features={name: f[0] for name, f in features.items()},
+                        weights=self.weights, prior_correction=self.prior_correction)
         if with_mask and self.segmenter is not None:
             result.mask, _ = self.segmenter.mask(rgb)
             result.lesion = lesion.measure(rgb, result.mask)
@@ -371,7 +376,8 @@ class Predictor:
     def gradcam(self, rgb: np.ndarray, class_name: str, model_name: str | None = None) -> np.ndarray:
         """Grad-CAM heat map in [0, 1] at the image's size for `class_name`, from the slot that
         supplies that class's score in the ensemble (or `model_name`, a slot or one model): the mean of
-        its members' maps, rescaled to [0, 1], since the slot's score is the mean of theirs."""
+        its members' maps, rescaled to [0, 1], since the slot's score is the mean of theirs. NaN where
+        the centre crop cut the image away (see heat_to_image)."""
         from derm.explain import gradcam_map
 
         slot = model_name or self.routing[class_name]
@@ -382,24 +388,20 @@ class Predictor:
                 heat = gradcam_map(clf.model, clf.tensor([rgb]), CLASSES.index(class_name))
             heats.append(heat_to_image(heat, rgb.shape[:2], clf.input_hw))
         heat = np.mean(heats, axis=0)
-        return heat / heat.max() if len(heats) > 1 and heat.max() > 0 else heat
+        peak = np.nanmax(heat)
+        return heat / peak if len(heats) > 1 and peak > 0 else heat
 
 
 def heat_to_image(heat: np.ndarray, image_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
-    """Map a heat map on the classifier's (landscape, centre-cropped) input back onto the image."""
+    """Map a heat map on the classifier's input back onto the image through the same turn to landscape
+    and centre crop as classifier_input. NaN where the crop cut the image away: the classifier never
+    saw those pixels, which is no evidence at all rather than low evidence (derm.explain draws them apart)."""
     height, width = image_hw
     rotated = height > width
     land_h, land_w = (width, height) if rotated else (height, width)
-    aspect = input_hw[1] / input_hw[0]
-    canvas = np.zeros((land_h, land_w), dtype=np.float32)
-    if land_w / land_h > aspect:
-        crop_w = round(land_h * aspect)
-        x0 = (land_w - crop_w) // 2
-        canvas[:, x0:x0 + crop_w] = cv2.resize(heat, (crop_w, land_h))
-    else:
-        crop_h = round(land_w / aspect)
-        y0 = (land_h - crop_h) // 2
-        canvas[y0:y0 + crop_h] = cv2.resize(heat, (land_w, crop_h))
+    y0, x0, crop_h, crop_w = crop_box(land_h, land_w, input_hw[1] / input_hw[0])
+    canvas = np.full((land_h, land_w), np.nan, dtype=np.float32)
+    canvas[y0:y0 + crop_h, x0:x0 + crop_w] = cv2.resize(heat, (crop_w, crop_h))
     return np.ascontiguousarray(np.rot90(canvas, k=-1)) if rotated else canvas
 
 

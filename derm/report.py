@@ -4,10 +4,14 @@ shipped metrics.json / manifest.json (for the model card), so pages only draw.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,6 +19,10 @@ import pandas as pd
 
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
 from derm.pipeline import Result
+
+if TYPE_CHECKING:
+    from derm.pipeline import Predictor
+    from derm.similar import SimilarCases
 
 NO_SCALE_NOTE = ("HAM10000 images carry no physical scale, so sizes are in pixels of this image "
                  "(or a share of it), never millimetres.")
@@ -31,13 +39,29 @@ def probability_table(result: Result) -> pd.DataFrame:
 
 
 def model_table(result: Result) -> pd.DataFrame:
-    """Per class: which model supplies the ensemble's score, the ensemble's and each model's own probability."""
+    """Per class: how much each slot weighs in the ensemble's score, the ensemble's and each slot's own probability."""
     rows = []
     for c in CLASSES:
-        row = {"class": c, "supplied by": result.source.get(c, ""), "ensemble": result.probabilities[c]}
+        row = {"class": c, "weights": weights_text(result.weights.get(c) or {result.source.get(c, ""): 1.0}),
+               "ensemble": result.probabilities[c]}
         row.update({name: probs[c] for name, probs in result.per_model.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def weights_text(row: dict[str, float]) -> str:
+    """'resnet18 62% · resnet50 38%': a class's mix of slots, largest first, zero weights left out."""
+    ranked = sorted(((w, s) for s, w in row.items() if w >= 0.005), reverse=True)
+    return " · ".join(f"{s} {w:.0%}" for w, s in ranked)
+
+
+def combination_caption(result: Result) -> str:
+    """How each ensemble score is made, exactly, for the model table's caption."""
+    prior = (f", divided by the class's share of the training images to the power {result.prior_correction:g} "
+             "(lifts the rare classes)" if result.prior_correction else "")
+    return ("Each class's ensemble score is the mix of the slots' scores given in 'weights' (chosen by "
+            f"cross-validation on the validation images){prior}; the seven scores are then renormalised to "
+            "sum to 100%. A slot's score is the mean of its networks'.")
 
 
 def measurement_table(lesion: dict) -> pd.DataFrame:
@@ -56,8 +80,51 @@ def measurement_table(lesion: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["measure", "value", "meaning"])
 
 
-def result_record(result: Result, meta: dict | None = None) -> dict:
-    """A JSON-safe summary of one analysis (the mask itself travels as a PNG)."""
+@dataclass(frozen=True)
+class GradcamChoice:
+    """Which class a Grad-CAM explains and whose map it is: the ensemble slot that supplies that class's
+    score (or the model picked), and the networks whose maps are averaged in it. Saved beside the map,
+    since a heat map alone does not say which question it answers."""
+
+    class_code: str
+    slot: str
+    networks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, predictor: "Predictor", class_code: str, model_name: str | None = None) -> "GradcamChoice":
+        """The same choice Predictor.gradcam makes for these arguments."""
+        slot = model_name or predictor.routing[class_code]
+        return cls(class_code, slot, tuple(predictor.members.get(slot, [slot])))
+
+    def record(self) -> dict:
+        return {"class": self.class_code, "class_name": FULL_NAMES[self.class_code], "slot": self.slot,
+                "networks": list(self.networks)}
+
+
+def similar_record(found: "SimilarCases | None", label: str) -> dict | None:
+    """The similar confirmed cases as saved: the similarity-weighted vote of the k nearest, its answer
+    against the ensemble's `label`, and the cases shown (None when they were not looked up)."""
+    if found is None:
+        return None
+    cases = found.cases[["image_id", "dx", "dx_type", "similarity"]]
+    return {"k": found.k, "label": found.label, "agrees_with_ensemble": found.agrees_with(label),
+            "vote": {c: float(v) for c, v in found.vote.items()},
+            "cases": [{**row, "similarity": round(float(row["similarity"]), 4)} for row in cases.to_dict("records")]}
+
+
+def weights_version(weights_dir: Path) -> str:
+    """The code version the weights were exported with and a hash of their manifest.json: two folders
+    with the same string hold the same models used the same way."""
+    manifest_file = Path(weights_dir) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    digest = hashlib.sha256(manifest_file.read_bytes()).hexdigest()[:12]
+    return f"code {manifest.get('code_version', 'unknown')}, manifest {digest}"
+
+
+def result_record(result: Result, meta: dict | None = None, similar: "SimilarCases | None" = None,
+                  gradcam: GradcamChoice | None = None) -> dict:
+    """A JSON-safe summary of one analysis (the mask itself travels as a PNG), with the similar cases'
+    vote and the class and slot of the saved Grad-CAM when the caller has them."""
     return {
         **(meta or {}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -74,6 +141,8 @@ def result_record(result: Result, meta: dict | None = None) -> dict:
                                                        "distance": result.domain.distance,
                                                        "reason": result.domain.reason},
         "seconds": result.seconds,
+        "similar_cases": similar_record(similar, result.label),
+        "gradcam": None if gradcam is None else gradcam.record(),
         "note": "Research demo, not a diagnosis. " + NO_SCALE_NOTE,
     }
 
@@ -88,11 +157,13 @@ def png_bytes(rgb_or_grey: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def result_zip(result: Result, images: dict[str, np.ndarray], meta: dict | None = None) -> bytes:
-    """A zip with result.json, the probabilities as CSV, the mask and the given overlay images as PNG."""
+def result_zip(result: Result, images: dict[str, np.ndarray], meta: dict | None = None,
+               similar: "SimilarCases | None" = None, gradcam: GradcamChoice | None = None) -> bytes:
+    """A zip with result.json, the probabilities as CSV, the mask and the given overlay images as PNG;
+    `gradcam` names the class and slot of images["gradcam"]."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("result.json", json.dumps(result_record(result, meta), indent=2))
+        archive.writestr("result.json", json.dumps(result_record(result, meta, similar, gradcam), indent=2))
         archive.writestr("probabilities.csv", model_table(result).to_csv(index=False))
         if result.mask is not None:
             archive.writestr("mask.png", png_bytes(result.mask.astype(np.uint8) * 255))
@@ -150,15 +221,17 @@ def models_table(manifest: dict) -> pd.DataFrame:
 
 
 def routing_table(manifest: dict) -> pd.DataFrame:
-    """Which classifier answers each class in the ensemble (the slot and the networks averaged in it),
-    and how common the class was in training."""
+    """Which slot carries each class in the ensemble (with the networks averaged in it), the whole mix of
+    slots for that class, and how common the class was in training."""
     ensemble = manifest.get("ensemble", {})
     counts = ensemble.get("train_class_counts", {})
     total = sum(counts.values()) or 1
     members = ensemble.get("members", {})
     routing = ensemble.get("routing", {})
+    weights = ensemble.get("weights") or {c: {routing.get(c, ""): 1.0} for c in CLASSES}
     return pd.DataFrame([{"class": c, "name": FULL_NAMES[c], "model": routing.get(c),
                           "networks": " + ".join(members.get(routing.get(c), [routing.get(c) or ""])),
+                          "weights": weights_text(weights.get(c, {})),
                           "train images": counts.get(c), "share": counts.get(c, 0) / total} for c in CLASSES])
 
 
@@ -171,3 +244,21 @@ def split_counts_table(metrics: dict) -> pd.DataFrame:
     table = table[[s for s in ("train", "val", "test") if s in table.columns]]
     table.loc["total"] = table.sum()
     return table
+
+
+MISSING = "—"  # what a table shows for a value that was not measured or does not apply
+
+
+def for_display(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> pd.DataFrame:
+    """The table as text for a page: the given columns in their format ("{:.3f}"), whole floats as
+    integers, and missing values (None, NaN) as an em dash instead of a literal None."""
+    formats = formats or {}
+
+    def text(column: str, value) -> str:
+        if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+            return MISSING
+        if column in formats:
+            return formats[column].format(value)
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return pd.DataFrame({c: [text(c, v) for v in frame[c]] for c in frame.columns}, index=frame.index)

@@ -28,13 +28,20 @@ def test_probability_table_is_sorted_and_complete(analysed):
     assert table["probability"].sum() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_model_table_shows_each_models_own_scores(analysed):
+def test_model_table_shows_each_models_own_scores_and_the_mix(analysed):
     _, result = analysed
     table = report.model_table(result).set_index("class")
     for c in CLASSES:
-        assert table.loc[c, "supplied by"] == result.source[c]
+        assert table.loc[c, "weights"].startswith(result.source[c])  # the carrying slot comes first
         for model, probs in result.per_model.items():
             assert table.loc[c, model] == probs[c]
+
+
+def test_the_mix_is_written_largest_first_and_the_caption_names_the_prior_correction(analysed):
+    _, result = analysed
+    assert report.weights_text({"resnet18": 0.25, "resnet50": 0.75, "efficientnet": 0.0}) == "resnet50 75% · resnet18 25%"
+    caption = report.combination_caption(result)
+    assert ("power" in caption) == bool(result.prior_correction) and "renormalised" in caption
 
 
 def test_measurement_table_uses_pixels_only(analysed):
