@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from derm.classes import CLASS_INDEX, CLASSES
 
@@ -143,6 +142,8 @@ def make_split(table: pd.DataFrame, seed: int = 0) -> pd.Series:
 
     StratifiedGroupKFold with 10 folds: one fold is test, the next is validation, eight are train.
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # here: a second of import the app and CLI skip
+
     folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
     split = pd.Series("train", index=table.index, name="split")
     fold_ids = list(folds.split(table, table["label_idx"], groups=table["lesion_id"]))

@@ -8,11 +8,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from derm.archs import CLASSIFIER_ARCHS, TEACHER_ARCHS  # noqa: F401 (names without torch, re-exported here)
 from derm.classes import NUM_CLASSES
-from derm.pretrained import LITE, build_lite
-
-CLASSIFIER_ARCHS = ("resnet18", "resnet50")  # the product's ensemble
-TEACHER_ARCHS = tuple(LITE)  # ImageNet-pretrained EfficientNet-Lites: teachers for the ensemble, not in it
+from derm.pretrained import build_lite
 
 
 def build_classifier(arch: str, num_classes: int = NUM_CLASSES, pretrained: bool = False) -> nn.Module:

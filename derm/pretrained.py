@@ -13,9 +13,10 @@ import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where a network is built: the CLI's help reads LITE without it
+    from torch import nn
 
 # ImageNet statistics on RGB in [0, 1]: what the pretrained filters expect
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -88,6 +89,8 @@ def build_lite(name: str, pretrained: bool) -> nn.Module:
     """EfficientNet-Lite with its 1000-class ImageNet head; with pretrained=True the package's
     checkpoint is loaded strictly (every key, every shape), else the weights are random (they come
     from a shipped safetensors file afterwards)."""
+    import torch
+
     spec = lite_spec(name)
     arch = _import("efficientnet_lite_pytorch", ARCH_PACKAGE)
     model = arch.EfficientNet.from_name(spec.model_name)

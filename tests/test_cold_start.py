@@ -1,0 +1,53 @@
+"""Cold start: `python -m derm --help` must not wait seconds for torch and its kin, and loading the
+weights must give exactly the files' tensors however the networks are built.
+
+Wall-clock budgets are flaky on a shared machine; what makes --help slow is a heavy import, and that
+is checked exactly: in a fresh interpreter, after every command's --help, which modules are loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from conftest import REPO
+from derm.weights import load_model, load_state_fp32, read_manifest
+
+HEAVY = ("torch", "torchvision", "cv2", "pandas", "sklearn", "scipy", "PIL", "derm.runs", "derm.data",
+         "derm.pipeline", "derm.models")
+
+HELP_OF_EVERY_COMMAND = f"""
+import contextlib, io, json, sys
+from derm import cli
+commands = list(cli.build_parser()._subparsers._group_actions[0].choices)
+for argv in ([], *([c] for c in commands)):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cli.main([*argv, "--help"])
+heavy = {HEAVY!r}
+loaded = sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy)
+print(json.dumps({{"commands": commands, "loaded": loaded}}))
+"""
+
+
+def test_no_command_help_imports_a_heavy_module():
+    done = subprocess.run([sys.executable, "-c", HELP_OF_EVERY_COMMAND], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"predict", "train", "similar"} <= set(report["commands"])
+    assert report["loaded"] == [], ("import these inside the command's function, not where the parser is built: "
+                                    f"{report['loaded']}")
+
+
+def test_loaded_networks_hold_exactly_the_files_tensors(tiny_weights):
+    for entry in read_manifest(tiny_weights)["models"].values():
+        model = load_model(entry, tiny_weights)
+        stored = load_state_fp32(tiny_weights / entry["file"])
+        state = model.state_dict()
+        assert set(state) == set(stored)
+        assert all(torch.equal(state[k], stored[k]) for k in stored), entry["file"]
+        assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+        assert all(p.requires_grad for p in model.parameters()) and not model.training  # Grad-CAM, eval mode
