@@ -299,18 +299,23 @@ class Predictor:
                 features[name] = pooled
         return per_model
 
-    def model_features(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Every classifier's pooled features (identity view only): what a retrieval gallery stores."""
+    def model_features(self, images: list[np.ndarray], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Every classifier's (or the named ones') pooled features, identity view only: what a retrieval
+        gallery stores."""
         features = {}
-        for name, clf, x in self._classifier_inputs(images):
+        for name, clf, x in self._classifier_inputs(images, names):
             with self._lock:
                 features[name] = clf.features(x)
         return features
 
-    def _classifier_inputs(self, images: list[np.ndarray]) -> Iterator[tuple[str, ClassifierModel, torch.Tensor]]:
-        """Each classifier with its input batch; networks with the same preprocessing share one tensor."""
+    def _classifier_inputs(self, images: list[np.ndarray], names: tuple[str, ...] | None = None
+                           ) -> Iterator[tuple[str, ClassifierModel, torch.Tensor]]:
+        """Each classifier (or each named one) with its input batch; networks with the same preprocessing
+        share one tensor."""
         tensors: dict[tuple, torch.Tensor] = {}
         for name, clf in self.classifiers.items():
+            if names is not None and name not in names:
+                continue
             key = (clf.input_hw, tuple(clf.normalization["mean"]), tuple(clf.normalization["std"]), clf.colour)
             if key not in tensors:
                 tensors[key] = clf.tensor(images)
