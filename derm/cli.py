@@ -195,11 +195,19 @@ def _add_image_inputs(p: argparse.ArgumentParser) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class probabilities for images",
-                       description="Prints one row per image: a probability per class, the label, in_domain "
-                                   "(false when the domain gate finds it is not a dermatoscopic lesion image) "
-                                   "and warnings (the gate's reason, joined by ' | ').")
+                       description="Prints one row per image: a probability per class, the label, "
+                                   "prediction_set (the classes, most probable first and joined by |, that hold the "
+                                   "true diagnosis for --coverage of HAM10000 validation images), malignancy_score "
+                                   "(P(MEL) + P(BCC) + P(AKIEC)), malignancy_flag (true at or above the operating "
+                                   "point chosen for 95%% validation sensitivity), in_domain (false when the domain "
+                                   "gate finds it is not a dermatoscopic lesion image) and warnings (the gate's "
+                                   "reason, joined by ' | '). The three uncertainty columns are empty for weights "
+                                   "without a fitted uncertainty section.")
     _add_image_inputs(p)
     p.add_argument("--format", choices=["csv", "json"], default="csv")
+    from derm.uncertainty.commands import add_coverage_option
+
+    add_coverage_option(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -238,10 +246,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from derm.classes import CLASSES
+    from derm.uncertainty.commands import predict_fields, uncertainty_or_none
 
     predictor = _load_predictor(args.weights)
     if predictor is None:
         return 2
+    uncertainty = uncertainty_or_none(predictor.manifest)
     failed, rows = 0, []
     for path, rgb in _progress(_images(args.paths), len(args.paths), "predict"):
         if rgb is None:
@@ -250,7 +260,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         combined, _ = predictor.classify([rgb])
         domain = predictor.check_domain([rgb])[0]
         row = {"path": path, **{c: round(float(combined[0, i]), 6) for i, c in enumerate(CLASSES)},
-               "label": CLASSES[int(combined[0].argmax())], "in_domain": domain is None or domain.in_domain,
+               "label": CLASSES[int(combined[0].argmax())],
+               **predict_fields(uncertainty, combined[0], args.coverage), "in_domain": domain is None or domain.in_domain,
                "warnings": " | ".join(_domain_warnings(domain))}
         rows.append(row)
         if args.format == "csv":
@@ -340,6 +351,9 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
     net.add_argument("--keep-net", action="store_true",
                    help="keep the device network in --weights (not retrained): refit the regression and both "
                         "thresholds only, e.g. after the ResNet18 was re-shipped")
+    net.add_argument("--objects-only", action="store_true",
+                     help="fit only the ImageNet everyday-object check into the gate in --weights; the rest of the "
+                          "gate stays (e.g. after an ensemble member other than the ResNet18 was added)")
     p.set_defaults(func=cmd_fit_gate)
 
 
@@ -361,6 +375,8 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         print("derm: --net-steps trains a new device network; --keep-net keeps the shipped one: pick one",
               file=sys.stderr)
         return 2
+    if args.objects_only:
+        return fit_object_check_only(args)
     predictor = _load_predictor(args.weights, load_gate=False)  # the gate on disk may be stale: it is refitted
     if predictor is None:
         return 2
@@ -382,6 +398,25 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         print(f"{name:16s} refused {share:6.1%}")
     print(f"wrote {Path(args.weights) / 'gate.json'} (min probability {params.min_probability:.4f}, "
           f"max distance {params.max_distance:.1f})")
+    return 0
+
+
+def fit_object_check_only(args: argparse.Namespace) -> int:
+    from derm.data import DataNotFoundError
+    from derm.gate_fit import add_object_check
+    from derm.precision import cpu_has_fast_bf16
+
+    try:
+        params, shares = add_object_check(Path(args.weights), _gate_sources(args), ham_train_limit=args.ham_train_limit,
+                                          bf16=cpu_has_fast_bf16())
+    except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f"derm: {exc}", file=sys.stderr)
+        return 2
+    params.save(Path(args.weights))
+    for name, share in shares.items():
+        print(f"{name:16s} refused by the object check {share:6.1%}")
+    print(f"wrote {Path(args.weights) / 'gate.json'} (object threshold {params.objects['threshold']:.4f}, "
+          f"{len(params.objects['lesion_like'])} lesion-like ImageNet classes)")
     return 0
 
 
@@ -682,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs, _add_evaluate_set,
                 _add_fit_gate, _add_gate_check, _add_similar, _add_similar_eval, _add_score_runs):
         add(sub)
+    from derm.uncertainty.commands import add_calibrate_parser
+
+    add_calibrate_parser(sub)
+    from derm.cli_report import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from derm.uncertainty.levels import DEFAULT_LEVEL, LEVELS
 
-from derm.uncertainty.conformal import DEFAULT_LEVEL, LEVELS
-from derm.uncertainty.config import UncertaintyConfig
+if TYPE_CHECKING:
+    import numpy as np
+
+    from derm.uncertainty.config import UncertaintyConfig
 
 PREDICT_COLUMNS = ("prediction_set", "malignancy_score", "malignancy_flag")
 
@@ -64,3 +67,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"specificity={tri['specificity']:.3f}")
     print(f"wrote the uncertainty section of {Path(args.weights) / 'manifest.json'} and its reports in metrics.json")
     return 0
+
+
+def uncertainty_or_none(manifest: dict) -> UncertaintyConfig | None:
+    """The weights' uncertainty section, or None (then one note on stderr: the columns stay empty)."""
+    from derm.uncertainty.config import UncertaintyConfig
+
+    config = UncertaintyConfig.from_manifest(manifest)
+    if config is None:
+        print("derm: these weights have no uncertainty section (python -m derm calibrate-uncertainty fits one): "
+              "prediction_set and the malignancy columns are empty", file=sys.stderr)
+    return config
