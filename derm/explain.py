@@ -12,8 +12,9 @@ from torch import nn
 
 
 def target_layer(model: nn.Module) -> nn.Module:
-    """The last residual block of a torchvision ResNet: the usual Grad-CAM layer."""
-    return model.layer4[-1]
+    """The usual Grad-CAM layer: a torchvision ResNet's last residual block, an EfficientNet-Lite's last
+    convolution (its 1x1 head conv, the last layer with a spatial map before pooling)."""
+    return model.layer4[-1] if hasattr(model, "layer4") else model._conv_head
 
 
 def gradcam_map(model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarray:
@@ -27,10 +28,43 @@ def gradcam_map(model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarr
     return heat[0].astype(np.float32)
 
 
+NOT_SEEN_NOTE = ("Hatched: cut away before the models looked (they see a centred 4:3 crop of the image), "
+                 "so there is no heat to show there.")
+NOT_SEEN_WASH = 0.7  # how far the not-seen part is washed towards light grey: visibly out of the analysis
+NOT_SEEN_GREY, HATCH_GREY = 225, 150
+
+
+def seen_by_model(heat: np.ndarray) -> np.ndarray:
+    """Where the heat map has values: the pixels the classifier saw (heat_to_image puts NaN elsewhere)."""
+    return np.isfinite(heat)
+
+
+def not_seen_look(rgb: np.ndarray) -> np.ndarray:
+    """The image washed out to light grey with diagonal hatching: how the pixels the classifier never
+    saw are drawn, so that no colour there can be mistaken for low attention."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    washed = grey * (1 - NOT_SEEN_WASH) + NOT_SEEN_GREY * NOT_SEEN_WASH
+    height, width = grey.shape
+    spacing = max(6, round(min(height, width) / 30))
+    rows, cols = np.mgrid[:height, :width]
+    hatch = (rows + cols) % spacing < max(1, spacing // 5)
+    washed[hatch] = HATCH_GREY
+    return np.repeat(washed.astype(np.uint8)[..., None], 3, axis=2)
+
+
 def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:
-    """The image with a jet-coloured heat map blended in; uint8 RGB at the image's size."""
-    heat = cv2.resize(heat, (rgb.shape[1], rgb.shape[0]))
-    return show_cam_on_image(rgb.astype(np.float32) / 255.0, heat, use_rgb=True, image_weight=1.0 - opacity)
+    """The image with a jet-coloured heat map blended in; uint8 RGB at the image's size. Where the
+    map is NaN (the classifier never saw those pixels) the image is drawn as not seen (not_seen_look)."""
+    size = (rgb.shape[1], rgb.shape[0])
+    seen = seen_by_model(heat)
+    filled = np.where(seen, heat, 0.0).astype(np.float32)
+    if heat.shape != rgb.shape[:2]:
+        filled = cv2.resize(filled, size)
+        seen = cv2.resize(seen.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = show_cam_on_image(rgb.astype(np.float32) / 255.0, filled, use_rgb=True, image_weight=1.0 - opacity)
+    if not seen.all():
+        out[~seen] = not_seen_look(rgb)[~seen]
+    return out
 
 
 def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 120),
