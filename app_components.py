@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from derm import data, report, serving, similar
+from derm import data, report, report_pdf, serving, similar
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
 from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, overlay_mask, seen_by_model
 from derm.pipeline import Predictor, Result
@@ -181,8 +181,14 @@ def served(request: Callable[[Callable[[serving.Place], None]], T]) -> T:
 
 
 def analysis(predictor: Predictor, rgb: np.ndarray, key: str) -> Result:
-    return remember("analyses", (str(predictor.weights_dir), key), lambda: served(
-        lambda on_wait: inference_pool().analyse(predictor.weights_dir, rgb, on_wait=on_wait)))
+    """The result, and in the same turn on a worker the Grad-CAM the page shows first (its predicted class)."""
+    def compute() -> Result:
+        result, heat = served(lambda on_wait: inference_pool().analyse_and_explain(predictor.weights_dir, rgb,
+                                                                                   on_wait=on_wait))
+        if heat is not None:
+            remember("heat_maps", (str(predictor.weights_dir), key, result.label, None), lambda: heat)
+        return result
+    return remember("analyses", (str(predictor.weights_dir), key), compute)
 
 
 def heat_map(predictor: Predictor, rgb: np.ndarray, key: str, class_name: str, model_name: str | None) -> np.ndarray:
@@ -233,17 +239,18 @@ def show_probabilities(result: Result, key: str) -> None:
 
 def show_model_table(result: Result) -> None:
     table = report.model_table(result)
-    probability_columns = list(table.columns[2:])
+    probability_columns = list(table.columns[2:])  # after class and weights
     table[probability_columns] *= 100  # the progress column's printf format shows percent, not fractions
     st.dataframe(table, hide_index=True,
                  column_config={c: PROBABILITY_BAR if c == "ensemble" else PROBABILITY for c in probability_columns})
-    st.caption("Each class's ensemble score comes from the model in 'supplied by' (the other model's "
-               "score is shown for comparison); the seven scores are then renormalised to sum to 100%.")
+    st.caption(report.combination_caption(result))
 
 
 def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, prefix: str,
-                 model_name: str | None = None, default_class: str | None = None) -> np.ndarray:
-    """Grad-CAM overlay with a class picker (the predicted class by default) and an opacity slider."""
+                 model_name: str | None = None, default_class: str | None = None
+                 ) -> tuple[np.ndarray, report.GradcamChoice]:
+    """Grad-CAM overlay with a class picker (the predicted class by default) and an opacity slider; the
+    overlay and which class and slot it explains (for the download)."""
     class_name = st.selectbox("Explain class", CLASSES, index=CLASSES.index(default_class or result.label),
                               format_func=lambda c: f"{c}: {FULL_NAMES[c]}", key=f"{prefix}_cam_class_{key}")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"{prefix}_opacity")
@@ -256,7 +263,7 @@ def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
              width="stretch")
     if not seen_by_model(heat).all():
         st.caption(NOT_SEEN_NOTE)
-    return overlay
+    return overlay, report.GradcamChoice.of(predictor, class_name, model_name)
 
 
 def show_mask(rgb: np.ndarray, result: Result) -> np.ndarray | None:
@@ -275,13 +282,24 @@ def show_measurements(result: Result) -> None:
     st.caption(report.NO_SCALE_NOTE)
 
 
-def show_download(result: Result, images: dict[str, np.ndarray], name: str, key: str,
-                  weights_dir: Path) -> None:
-    """The zip is built only when the button is clicked (deferred download)."""
-    meta = {"image": name, "weights": str(weights_dir)}
-    st.download_button("Download result (zip: JSON, CSV, overlays)", data=lambda: report.result_zip(result, images, meta),
-                       file_name=f"{Path(name).stem}-analysis.zip", mime="application/zip", on_click="ignore",
-                       key=f"download_{key}", icon=":material/download:")
+def show_download(predictor: Predictor, rgb: np.ndarray, result: Result, images: dict[str, np.ndarray], name: str,
+                  key: str, found: similar.SimilarCases | None, cam: report.GradcamChoice) -> None:
+    """The zip (with the similar cases' vote and the shown Grad-CAM's class and slot) and the one-page PDF
+    report (with the top class's Grad-CAM), each built only when its button is clicked (deferred download)."""
+    version = report.weights_version(predictor.weights_dir)
+    meta = {"image": name, "weights": str(predictor.weights_dir), "weights_version": version}
+    left, right = st.columns(2)
+    left.download_button("Download result (zip: JSON, CSV, overlays)",
+                         data=lambda: report.result_zip(result, images, meta, found, cam),
+                         file_name=f"{Path(name).stem}-analysis.zip", mime="application/zip", on_click="ignore",
+                         key=f"download_{key}", icon=":material/download:")
+    top_heat = heat_map(predictor, rgb, key, result.label, None)
+    pdf = report_pdf.ReportInputs(name=name, rgb=rgb, result=result, heat=top_heat,
+                                  gradcam=report.GradcamChoice.of(predictor, result.label), weights_version=version,
+                                  models=report_pdf.models_line(predictor), similar=found)
+    right.download_button("Download report (PDF, one page)", data=lambda: report_pdf.build_pdf(pdf),
+                          file_name=report_pdf.report_file_name(name), mime="application/pdf", on_click="ignore",
+                          key=f"download_pdf_{key}", icon=":material/picture_as_pdf:")
 
 
 def show_refusal(result: Result, key: str) -> bool:
@@ -333,8 +351,10 @@ def show_case(column, case: pd.Series, key: str, on_pick: Callable[[str], None] 
 
 
 def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, mark: str = "",
-                 lesion_id: str | None = None, on_pick: Callable[[str], None] | None = None) -> None:
-    """The most similar confirmed cases beside the diagnosis, and their vote against the ensemble's answer.
+                 lesion_id: str | None = None, on_pick: Callable[[str], None] | None = None
+                 ) -> similar.SimilarCases | None:
+    """The most similar confirmed cases beside the diagnosis, and their vote against the ensemble's answer
+    (returned; None where there are none to show yet).
 
     Building the gallery the first time takes minutes, so then it waits for the user's click.
     """
@@ -342,13 +362,13 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     source = image_source_or_none()
     if source is None:
         st.caption("No HAM10000 images here, so there are no confirmed cases to compare with.")
-        return
+        return None
     if not gallery_ready(predictor, source) and not st.button(SIMILAR_BUTTON, key=f"similar_build_{key}",
                                                               icon=":material/image_search:"):
         size = similar.gallery_size(source, predictor.weights_dir / "split.csv")
         st.caption(f"The first time, the models look at each of the {size} confirmed cases once (on one CPU core "
                    f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once.")
-        return
+        return None
     cases_gallery = gallery(predictor, source)
     found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)
     st.markdown(describe_vote(found, result))
@@ -358,6 +378,7 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     st.caption(f"From the {cases_gallery.description} ({len(cases_gallery)} confirmed cases), by cosine similarity "
                "of the models' own features; this image's own lesion and near-copies of it are left out. "
                f"Search {seconds * 1000:.0f} ms.")
+    return found
 
 
 UNRELIABLE = ("Every number below comes from models that were not made for this image: treat all of it as "
@@ -387,17 +408,18 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
     with right:
         st.markdown(f"**Which model answers each class{mark}**")
         show_model_table(result)
-    show_similar(predictor, rgb, result, key, mark, None if truth is None else str(truth["lesion_id"]), on_pick)
+    found = show_similar(predictor, rgb, result, key, mark, None if truth is None else str(truth["lesion_id"]),
+                         on_pick)
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Where the model looked{mark}**")
-        cam = show_gradcam(predictor, rgb, result, key, "diagnose")
+        cam, cam_choice = show_gradcam(predictor, rgb, result, key, "diagnose")
     with right:
         st.markdown(f"**Where the lesion is{mark}**")
         outline = show_mask(rgb, result)
         show_measurements(result)
     images = {"input": rgb, "gradcam": cam, **({"mask_overlay": outline} if outline is not None else {})}
-    show_download(result, images, name, key, predictor.weights_dir)
+    show_download(predictor, rgb, result, images, name, key, found, cam_choice)
     st.caption(f"Models: {', '.join(predictor.classifiers)}"
                + (" + U-Net" if predictor.segmenter else "") + " · "
                + " · ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.seconds.items()))

@@ -272,6 +272,11 @@ class InferencePool:
         """Predictor.analyse on a free worker: a derm.pipeline.Result."""
         return self._request("analyse", Path(weights_dir), (rgb,), on_wait)
 
+    def analyse_and_explain(self, weights_dir: str | Path, rgb, on_wait: Callable[[Place], None] | None = None):
+        """(Result, Grad-CAM of its predicted class, or None when the gate refused the image) in one turn:
+        a page needs both, and a second turn would wait behind every analysis that came in meanwhile."""
+        return self._request("analyse_and_explain", Path(weights_dir), (rgb,), on_wait)
+
     def gradcam(self, weights_dir: str | Path, rgb, class_name: str, model_name: str | None = None,
                 on_wait: Callable[[Place], None] | None = None):
         """Predictor.gradcam on a free worker: the heat map at the image's size."""
@@ -286,7 +291,7 @@ class InferencePool:
         if not self._workers:
             with self.line.turn(tell, self.config.wait_timeout_s):
                 if self._in_process is not None and method != "pid":
-                    return getattr(self._in_process(str(weights_dir)), method)(*args)
+                    return predictor_method(self._in_process(str(weights_dir)), method, args)
                 return run_method(self._local, self.config.max_models, method, weights_dir, args)
         with self.line.turn(tell, self.config.wait_timeout_s):
             worker = self._take_idle()
@@ -332,9 +337,16 @@ def run_method(predictors: OrderedDict, max_models: int, method: str, weights_di
     if method == "pid":
         time.sleep(min(float(args[0]), 60.0))
         return os.getpid()
-    predictor = predictor_for(predictors, max_models, weights_dir)
+    return predictor_method(predictor_for(predictors, max_models, weights_dir), method, args)
+
+
+def predictor_method(predictor, method: str, args: tuple) -> Any:
+    """One request on a loaded Predictor."""
     if method == "analyse":
         return predictor.analyse(*args)
+    if method == "analyse_and_explain":
+        result = predictor.analyse(*args)
+        return result, predictor.gradcam(args[0], result.label) if result.in_domain else None
     if method == "gradcam":
         return predictor.gradcam(*args)
     raise ValueError(f"unknown request {method!r}")

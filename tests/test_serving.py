@@ -154,6 +154,9 @@ def test_workers_answer_exactly_as_the_apps_own_predictor(pool, tiny_weights, up
         assert np.array_equal(served.features[name], expected.features[name])
     for class_name, heat in heats.items():
         np.testing.assert_array_equal(pool.gradcam(tiny_weights, upload, class_name), heat)
+    together, heat = pool.analyse_and_explain(tiny_weights, upload)  # what the page asks for: one turn
+    assert together.probabilities == expected.probabilities
+    np.testing.assert_array_equal(heat, heats[expected.label])
 
 
 def test_two_requests_run_at_once_on_two_processes_and_a_third_is_told_its_place(pool):
@@ -200,5 +203,21 @@ def test_without_workers_the_models_run_in_this_process(tiny_weights, upload):
         result = local.analyse(tiny_weights, upload, on_wait=places.append)
         assert result.label in CLASSES and result.mask is not None
         assert places == []  # nobody else waited: served at once
+    finally:
+        local.close()
+
+
+def test_without_workers_the_app_passes_its_own_predictor(tiny_weights, upload):
+    shared, asked = Predictor(tiny_weights), []
+
+    def given(weights_dir: str) -> Predictor:
+        asked.append(weights_dir)
+        return shared
+    local = serving.InferencePool(serving.PoolConfig(workers=0), in_process=given)
+    try:
+        result, heat = local.analyse_and_explain(tiny_weights, upload)
+        assert asked == [str(tiny_weights)]  # no second copy of the models
+        assert result.probabilities == shared.analyse(upload).probabilities
+        assert heat.shape == upload.shape[:2]
     finally:
         local.close()
