@@ -8,7 +8,7 @@ Chromium through Playwright (one browser, one isolated context per user), and pr
 over the repeats of the p50 and the max time to result: from the upload to the diagnosis, the Grad-CAM
 and the lesion outline on screen. Each user uploads a different 600x450 photo (a shipped test image
 scaled 3x, as users upload originals); its answer (headline, measurements, both overlays' pixels as
-served) is compared with the one the same photo got in a session of its own. Also printed: how many
+served) is compared with the one the same photo got in a browser session of its own. Also printed: how many
 waiting users saw their place in line, and the server's peak memory (the app and its workers).
 Everything runs on loopback and stops by itself.
 """
@@ -180,7 +180,7 @@ class PeakMemory:
 
 
 async def open_session(browser, url: str):
-    """A fresh browser context (its own cookies, its own Streamlit session) on the Diagnose page."""
+    """A fresh browser context (its own cookies, its own browser session) on the Diagnose page."""
     context = await browser.new_context(viewport={"width": 1400, "height": 2400})
     page = await context.new_page()
     await page.goto(url)
@@ -202,7 +202,7 @@ async def upload_and_wait(page, image: Path) -> Outcome:
 
 
 async def sessions_at_once(browser, url: str, images: list[Path]) -> list[Outcome]:
-    """All sessions open the page first, then every one uploads at the same moment."""
+    """All browser sessions open the page first, then every one uploads at the same moment."""
     opened = await asyncio.gather(*(open_session(browser, url) for _ in images))
     try:
         return await asyncio.gather(*(upload_and_wait(page, image) for (_, page), image in zip(opened, images)))
@@ -219,7 +219,7 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
             alone = {}
             for image in images[:max(users)]:  # also warms the server up: models loaded, kernels run once
                 alone[image] = (await sessions_at_once(browser, url, [image]))[0].answer
-            print(f"alone: {len(alone)} photos, each in a session of its own", flush=True)
+            print(f"alone: {len(alone)} photos, each in a browser session of its own", flush=True)
             ok = True
             for n in users:
                 p50s, maxes, own, saw, peaks = [], [], 0, 0, []
@@ -271,7 +271,7 @@ def main() -> None:
             if server:
                 server.stop()
     if not ok:
-        raise SystemExit("some session did not show its own photo's answer")
+        raise SystemExit("some browser session did not show its own photo's answer")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 first-served line in front of it that tells each waiting request its place.
 
 Why processes and not threads: on a 2-core machine the app's Streamlit process is busy in Python
-(drawing every session's page) while the models run. A forward pass in a thread of that process
+(drawing every user's page) while the models run. A forward pass in a thread of that process
 hands the GIL back and forth between its ~200 operators, and each hand-back waits for the busy
 Python thread: a ResNet50 pass took 4.4x as long beside one busy Python thread as alone. A worker
 process has its own interpreter, its own models and one torch thread, so two workers keep both cores
-doing convolutions, and one analysis never records another session's pass (Grad-CAM's hooks). Memory
+doing convolutions, and one analysis never records another user's pass (Grad-CAM's hooks). Memory
 is bounded by construction: `workers` processes, each holding at most `max_models` weights folders,
 whatever the number of users; waiting requests hold only their image.
 

@@ -1,7 +1,7 @@
 """More users than one server holds: two app replicas behind nginx on loopback, configured by the shipped
 deploy/nginx-derm.conf (only its addresses changed). Both replicas serve, and a browser session
 sticks to one: its page, websocket, upload and images all come from the same replica, and a real
-Chromium session on each replica gets its diagnosis with both overlays.
+Chromium browser session on each replica gets its diagnosis with both overlays.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_both_replicas_serve_and_a_browser_session_sticks_to_one(proxy):
                 page.wait_for_function("""() => {
                     const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
                     return imgs.length >= 9 && imgs.every(img => img.complete && img.naturalWidth > 0);
-                }""", timeout=WAIT_MS)  # the 7 examples and both overlays: media only the session's replica has
+                }""", timeout=WAIT_MS)  # the 7 examples and both overlays: media only this browser's replica has
                 expect(page.locator('[data-testid="stException"]')).to_have_count(0)
                 context.close()
                 assert len(answered) > 10 and set(answered) == {replica}, set(answered)
