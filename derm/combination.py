@@ -81,10 +81,10 @@ def combine_weighted(slot_probs: dict[str, np.ndarray], weights: dict[str, dict[
                      prior: np.ndarray | None = None, prior_correction: float = 0.0) -> np.ndarray:
     """The ensemble's N x 7 probabilities from each slot's: per-class convex mix, prior correction, renormalised."""
     slots = [s for s in slot_probs if any(weights[c].get(s, 0.0) for c in CLASSES)]
-    return _mix(np.stack([slot_probs[s] for s in slots], axis=2), weight_matrix(weights, slots), prior, prior_correction)
+    return mix(np.stack([slot_probs[s] for s in slots], axis=2), weight_matrix(weights, slots), prior, prior_correction)
 
 
-def _mix(stack: np.ndarray, w: np.ndarray, prior: np.ndarray | None, tau: float) -> np.ndarray:
+def mix(stack: np.ndarray, w: np.ndarray, prior: np.ndarray | None, tau: float) -> np.ndarray:
     """stack: N x C x S slot probabilities; w: C x S."""
     scores = np.einsum("ncs,cs->nc", stack, w)
     if prior is not None and tau:
@@ -185,7 +185,7 @@ def cross_validate(candidate_list: Sequence[Candidate], slot_probs: dict[str, np
                     fitted[key] = fit_weights(cand, {s: p[train_idx] for s, p in slot_probs.items()},
                                               y[train_idx], counts)
                 stack = np.stack([slot_probs[s][test_idx] for s in cand.slots], axis=2)
-                oof[cand][test_idx] = _mix(stack, fitted[key], prior, cand.prior_correction)
+                oof[cand][test_idx] = mix(stack, fitted[key], prior, cand.prior_correction)
         for cand in candidate_list:
             report = classification_report(y, oof[cand])
             per_repeat[cand].append({"score": selection_score(report), "balanced_accuracy": report["balanced_accuracy"],

@@ -28,6 +28,7 @@ from derm.maskclean import CHOSEN as CHOSEN_CLEANING
 from derm.combination import combine_weighted, frequency_routing
 from derm.pipeline import Predictor, average_members, averages_networks, temper
 from derm.train import RECIPE_FIELDS, TrainConfig
+from derm.uncertainty.calibrate import uncertainty_sections
 from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, shipped_config
 
 CV_FOLDS, CV_REPEATS = 5, 3  # how the slots' combination is cross-validated inside validation
@@ -245,8 +246,12 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     ens["ood"] = {"model": ood_model, "energy_threshold": round(float(np.quantile(energy, 0.01)), 4),
                   "rule": "1st percentile of validation energy"}
 
+    ensemble_probs = {s: combine_weighted(probs[s], ens["weights"], predictor.prior, ens["prior_correction"])
+                      for s in splits}
+    # prediction sets and the malignancy triage point: fitted on validation, every split reported (derm.uncertainty)
+    manifest["uncertainty"], metrics["uncertainty"] = uncertainty_sections(ensemble_probs, y)
     for split_name in splits:
-        combined = combine_weighted(probs[split_name], ens["weights"], predictor.prior, ens["prior_correction"])
+        combined = ensemble_probs[split_name]
         metrics["classifiers"][split_name] = {
             **{n: classification_report(y[split_name], p) for n, p in probs[split_name].items()},
             "ensemble": classification_report(y[split_name], combined)}

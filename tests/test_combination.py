@@ -97,3 +97,53 @@ def test_choose_refits_the_winner_on_all_of_validation():
         assert sum(row.values()) == pytest.approx(1.0, abs=1e-3)
     assert choice.candidate.kind != "mean" or choice.candidate.slots == ("good", "noise")
     assert set(carrying_slot(choice.weights).values()) <= {"good", "noise"}
+
+
+@pytest.fixture(scope="module")
+def weights_with_a_pretrained_slot(tmp_path_factory, tiny_runs, data_dir) -> tuple:
+    """The tiny ResNets plus a one-epoch ImageNet-pretrained EfficientNet-Lite0 as a third slot, exported."""
+    from derm.export import export
+    from derm.train import TrainConfig, train
+
+    runs_root = tiny_runs["resnet18"].parent
+    config = TrainConfig.for_task("classifier", "lite0", epochs=1, limit=64, height=48, width=64, batch_size=16,
+                                  data=str(data_dir), split=str(runs_root / "split.csv"))
+    lite = train(config, runs_root / "lite0", progress=False)
+    out = tmp_path_factory.mktemp("weights_pretrained")
+    members = {"resnet18": ["resnet18"], "resnet50": ["resnet50"], "efficientnet": ["efficientnet"]}
+    metrics = export({"resnet18": tiny_runs["resnet18"], "resnet50": tiny_runs["resnet50"], "efficientnet": lite},
+                     None, out, limit=32, members=members)
+    return out, metrics
+
+
+def test_export_chooses_with_and_without_the_pretrained_slot_and_ships_only_what_it_uses(weights_with_a_pretrained_slot):
+    import json
+
+    from derm.pipeline import Predictor
+
+    out, metrics = weights_with_a_pretrained_slot
+    manifest = json.loads((out / "manifest.json").read_text())
+    combination = manifest["ensemble"]["combination"]
+    slot_sets = {tuple(row["slots"]) for row in combination["candidates"]}
+    assert slot_sets == {("resnet18", "resnet50"), ("resnet18", "resnet50", "efficientnet")}
+    assert combination["candidates"][0]["score"] == max(row["score"] for row in combination["candidates"])
+    kept = "efficientnet" in combination["slots"]
+    assert ("efficientnet" in manifest["models"]) == kept == (out / "efficientnet.safetensors").is_file()
+    assert combination["dropped_slots"] == ([] if kept else ["efficientnet"])
+    predictor = Predictor(out)
+    assert set(predictor.members) == set(combination["slots"])
+    assert set(metrics["classifiers"]["test"]) == {*combination["slots"], "ensemble"}
+    # every export refits the prediction sets and the triage point on the ensemble it ships
+    assert manifest["uncertainty"]["classes"] == list(CLASSES) and set(metrics["uncertainty"]) == {"val", "test"}
+
+
+def test_grad_cam_reads_an_efficientnet_member():
+    import torch
+
+    from derm.explain import gradcam_map
+    from derm.models import build_classifier
+
+    model = build_classifier("lite0").eval()
+    x = torch.rand(1, 3, 96, 128)
+    heat = gradcam_map(model, x, 3)
+    assert heat.shape == (96, 128) and heat.min() >= 0 and heat.max() <= 1 and heat.std() > 0
