@@ -13,19 +13,23 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from derm import data, report, report_pdf, serving, similar
+from derm import data, report, serving
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
-from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, overlay_mask, seen_by_model
-from derm.pipeline import Predictor, Result
 from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifest
+
+# torch, the models, plotly and reportlab are imported where they are used: the first page shows its
+# examples without waiting seconds for them
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from derm import similar
+    from derm.pipeline import Predictor, Result
 
 T = TypeVar("T")
 WEIGHTS_KEY = "active_weights_dir"
@@ -62,6 +66,10 @@ def load_predictor(weights_dir: str) -> Predictor:
     One throw-away analysis and Grad-CAM warm up the CPU kernels here (the first call takes
     seconds), so the user's first photo gets its answer at the usual speed.
     """
+    import torch
+
+    from derm.pipeline import Predictor
+
     torch.set_num_threads(APP_TORCH_THREADS)
     predictor = Predictor(weights_dir)
     grey = np.full((150, 200, 3), 128, dtype=np.uint8)
@@ -111,21 +119,29 @@ _GALLERY_LOCK = threading.Lock()
 
 def gallery_ready(predictor: Predictor, source: data.ImageSource) -> bool:
     """True when the similar cases can be shown at once (in memory or in the disk cache)."""
+    from derm import similar
+
     return (str(predictor.weights_dir), str(source.path)) in _GALLERIES or similar.gallery_is_cached(predictor, source)
 
 
 def gallery(predictor: Predictor, source: data.ImageSource) -> similar.Gallery:
     """The confirmed cases for these models; embedding them the first time shows a progress bar."""
+    from derm import similar
+
     key = (str(predictor.weights_dir), str(source.path))
     with _GALLERY_LOCK:
         if key not in _GALLERIES:
-            bar = st.progress(0.0, text="Preparing the similar cases (once for these models)…")
+            with st.status("Preparing the similar cases (once for these models)…", expanded=True) as status:
+                bar = st.progress(0.0, text="Reading the confirmed cases…")
+                started = time.perf_counter()
 
-            def update(done: int, total: int) -> None:
-                bar.progress(done / total, text=f"Preparing the similar cases: {done} of {total} confirmed cases "
-                                                "(once for these models)")
-            _GALLERIES[key] = similar.build_gallery(predictor, source, progress=update)
-            bar.empty()
+                def update(done: int, total: int) -> None:
+                    left = (time.perf_counter() - started) / max(done, 1) * (total - done)
+                    bar.progress(done / total, text=f"The models look at each confirmed case once: {done} of {total}, "
+                                                    f"about {max(1, round(left / 60))} min left")
+                _GALLERIES[key] = similar.build_gallery(predictor, source, progress=update)
+                status.update(label=f"Similar cases ready: {len(_GALLERIES[key])} confirmed cases, prepared in "
+                                    f"{time.perf_counter() - started:.0f} s", state="complete", expanded=False)
     return _GALLERIES[key]
 
 
@@ -151,6 +167,8 @@ def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Resul
                   lesion_id: str | None) -> tuple[similar.SimilarCases, float]:
     """The cases for one analysed image (and the seconds the search took), once per browser tab."""
     def compute() -> tuple[similar.SimilarCases, float]:
+        from derm import similar
+
         start = time.perf_counter()
         query = similar.query_for(predictor, rgb, result.features, lesion_id)
         cases = similar.find_similar(gallery_, query, similar.SimilarConfig.from_weights(predictor.weights_dir))
@@ -206,6 +224,8 @@ def wrapped(text: str, width: int = 32) -> str:
 
 def probability_figure(table: pd.DataFrame) -> go.Figure:
     """Horizontal bars, most likely on top, full class names, descriptions on hover."""
+    import plotly.graph_objects as go
+
     fig = go.Figure(go.Bar(
         x=table["probability"], y=[wrapped(f"{n} ({c})") for n, c in zip(table["name"], table["class"])],
         orientation="h",
@@ -251,6 +271,8 @@ def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
                  ) -> tuple[np.ndarray, report.GradcamChoice]:
     """Grad-CAM overlay with a class picker (the predicted class by default) and an opacity slider; the
     overlay and which class and slot it explains (for the download)."""
+    from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, seen_by_model
+
     class_name = st.selectbox("Explain class", CLASSES, index=CLASSES.index(default_class or result.label),
                               format_func=lambda c: f"{c}: {FULL_NAMES[c]}", key=f"{prefix}_cam_class_{key}")
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"{prefix}_opacity")
@@ -270,6 +292,8 @@ def show_mask(rgb: np.ndarray, result: Result) -> np.ndarray | None:
     if result.mask is None:
         st.info("These weights have no segmenter, so there is no lesion outline.")
         return None
+    from derm.explain import overlay_mask
+
     overlay = overlay_mask(rgb, result.mask)
     st.image(overlay, caption="U-Net lesion outline", width="stretch")
     return overlay
@@ -286,6 +310,8 @@ def show_download(predictor: Predictor, rgb: np.ndarray, result: Result, images:
                   key: str, found: similar.SimilarCases | None, cam: report.GradcamChoice) -> None:
     """The zip (with the similar cases' vote and the shown Grad-CAM's class and slot) and the one-page PDF
     report (with the top class's Grad-CAM), each built only when its button is clicked (deferred download)."""
+    from derm import report_pdf
+
     version = report.weights_version(predictor.weights_dir)
     meta = {"image": name, "weights": str(predictor.weights_dir), "weights_version": version}
     left, right = st.columns(2)
@@ -358,6 +384,8 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
 
     Building the gallery the first time takes minutes, so then it waits for the user's click.
     """
+    from derm import similar
+
     st.markdown(f"**Similar confirmed cases{mark}**")
     source = image_source_or_none()
     if source is None:

@@ -18,10 +18,9 @@ import numpy as np
 import pandas as pd
 
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
-from derm.pipeline import Result
 
-if TYPE_CHECKING:
-    from derm.pipeline import Predictor
+if TYPE_CHECKING:  # not at run time: the app's pages import this module before any model is needed
+    from derm.pipeline import Predictor, Result
     from derm.similar import SimilarCases
 
 NO_SCALE_NOTE = ("HAM10000 images carry no physical scale, so sizes are in pixels of this image "

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING
 
 from derm.data import REPO_ROOT
-from derm.models import build_model
+
+# torch and the networks load where weights are read or written: reading a manifest (the app's first page)
+# does not wait for them
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHTS_ENV = "DERM_WEIGHTS"
 
@@ -53,11 +55,15 @@ def to_fp32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_state_fp16(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
     save_file(to_fp16(model.state_dict()), str(path))
 
 
 def load_state_fp32(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors state dict (no pickle) with its float tensors back in fp32."""
+    from safetensors.torch import load_file
+
     return to_fp32(load_file(str(path)))
 
 
@@ -95,6 +101,10 @@ def load_model(entry: dict, weights_dir: Path) -> nn.Module:
     Built on the meta device, so no random initialisation is computed only to be overwritten (half a
     second of CPU for the shipped networks, on every cold start); the file's tensors are then taken as they are.
     """
+    import torch
+
+    from derm.models import build_model
+
     state = load_state_fp32(Path(weights_dir) / entry["file"])
     with torch.device("meta"):
         model = build_model(entry["arch"], entry.get("width", 32), entry.get("encoder", {}).get("name", "none"))

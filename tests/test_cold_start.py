@@ -1,19 +1,22 @@
-"""Cold start: `python -m derm --help` must not wait seconds for torch and its kin, and loading the
-weights must give exactly the files' tensors however the networks are built.
+"""Cold start: `python -m derm --help` and the app's first page must not wait seconds for torch and its
+kin, and loading the weights must give exactly the files' tensors however the networks are built.
 
-Wall-clock budgets are flaky on a shared machine; what makes --help slow is a heavy import, and that
-is checked exactly: in a fresh interpreter, after every command's --help, which modules are loaded.
+Wall-clock budgets are flaky on a shared machine; what makes --help or the first page slow is a heavy
+import, and that is checked exactly: in a fresh interpreter, after every command's --help or after the
+app's first page is drawn, which modules are loaded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import torch
 
 from conftest import REPO
+from derm.classes import CLASSES
 from derm.weights import load_model, load_state_fp32, read_manifest
 
 HEAVY = ("torch", "torchvision", "cv2", "pandas", "sklearn", "scipy", "PIL", "derm.runs", "derm.data",
@@ -40,6 +43,31 @@ def test_no_command_help_imports_a_heavy_module():
     assert {"predict", "train", "similar"} <= set(report["commands"])
     assert report["loaded"] == [], ("import these inside the command's function, not where the parser is built: "
                                     f"{report['loaded']}")
+
+
+FIRST_PAGE = f"""
+import json, sys
+from streamlit.testing.v1 import AppTest
+app = AppTest.from_file("streamlit_app.py", default_timeout=120).run()
+examples = [b.key for b in app.button if b.key and b.key.startswith("example_")]
+heavy = {HEAVY!r}
+loaded = sorted({{m.split(".")[0] if m.split(".")[0] in heavy else m for m in sys.modules
+                 if m in heavy or m.split(".")[0] in heavy}})
+print(json.dumps({{"exception": bool(app.exception), "examples": examples, "loaded": loaded}}))
+"""
+FIRST_PAGE_NEEDS = {"cv2", "pandas", "PIL", "derm.data"}  # reading the table and decoding the example images
+
+
+def test_the_first_page_shows_its_examples_without_loading_the_models(tiny_weights, tmp_path):
+    env = {**os.environ, "DERM_WEIGHTS": str(tiny_weights), "DERM_RUNS": str(tmp_path / "runs"),
+           "DERM_DATA": str(tmp_path / "no-dataset")}
+    done = subprocess.run([sys.executable, "-c", FIRST_PAGE], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not report["exception"] and len(report["examples"]) == len(CLASSES)
+    assert set(report["loaded"]) <= FIRST_PAGE_NEEDS, ("import these where the page uses them, not at the top of "
+                                                       f"app_components: {set(report['loaded']) - FIRST_PAGE_NEEDS}")
 
 
 def test_loaded_networks_hold_exactly_the_files_tensors(tiny_weights):

@@ -1,0 +1,107 @@
+"""Seconds from `streamlit run` to the Diagnose page's examples on screen, from a cold server each time.
+
+    python bench/app_first_page.py [--runs 5] [--fresh-clone]
+
+Each run starts `streamlit run streamlit_app.py` on a free loopback port, opens it in headless
+Chromium (Debian's, driven by Playwright, as tests/test_browser.py does) as soon as the server answers,
+and waits until the example images are loaded and decoded. Prints each run and the median, split into
+server start (until /_stcore/health answers) and page (until the examples show). --fresh-clone hides the
+full dataset, as on a fresh clone (the examples then come from the shipped test split either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+EXAMPLES = 7  # one test image per class
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}")
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"streamlit did not answer within {timeout_s} s")
+
+
+def one_run(browser, env: dict[str, str]) -> tuple[float, float]:
+    """(server start, page) seconds for one cold server."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+                               "--server.headless", "true", "--server.port", str(port),
+                               "--server.address", "127.0.0.1"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_healthy(url, server)
+        healthy = time.perf_counter()
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.goto(url)
+        page.wait_for_function("""(n) => {
+            const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+            return imgs.length >= n && imgs.every(img => img.complete && img.naturalWidth > 0);
+        }""", arg=EXAMPLES, timeout=120_000)
+        shown = time.perf_counter()
+        page.close()
+        return healthy - start, shown - start
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fresh-clone", action="store_true", help="hide the full HAM10000")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as empty, sync_playwright() as playwright:
+        if args.fresh_clone:
+            env["DERM_DATA"] = empty
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            runs = []
+            for i in range(args.runs):
+                healthy, shown = one_run(browser, env)
+                runs.append((healthy, shown))
+                print(f"run {i + 1}: server answers {healthy:.2f} s, examples shown {shown:.2f} s", flush=True)
+        finally:
+            browser.close()
+    print(f"median: server answers {statistics.median(r[0] for r in runs):.2f} s, "
+          f"examples shown {statistics.median(r[1] for r in runs):.2f} s after `streamlit run`")
+
+
+if __name__ == "__main__":
+    main()
