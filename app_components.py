@@ -21,6 +21,8 @@ import streamlit as st
 
 from derm import data, report, serving
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
+from derm.uncertainty import display as uncertainty_display
+from derm.uncertainty.config import UncertaintyConfig
 from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifest
 
 # torch, the models, plotly and reportlab are imported where they are used: the first page shows its
@@ -247,6 +249,40 @@ def show_warnings(result: Result) -> None:
         st.warning(warning)
 
 
+COVERAGE_KEY = "coverage_level"
+
+
+def show_prediction_set(predictor: Predictor, result: Result, mark: str = "") -> None:
+    """Beside the headline: the set of diagnoses at the chosen coverage, with the validation share behind
+    it (nothing for weights without an uncertainty section)."""
+    config = uncertainty_config(predictor)
+    if config is None:
+        return
+    level = st.radio("Coverage of the prediction set", config.levels, index=config.levels.index(config.level()),
+                     format_func=lambda x: f"{x:.0%}", horizontal=True, key=COVERAGE_KEY)
+    st.markdown(uncertainty_display.set_sentence(uncertainty_display.for_image(config, result.probabilities, level)))
+    if mark:
+        st.caption("The domain gate refused this image: the stated coverage does not hold for it.")
+    else:
+        st.caption("The guarantee holds for images like HAM10000's (same clinics and dermatoscopes); on other "
+                   "clinics' images it was lower (Model card).")
+
+
+def show_triage(predictor: Predictor, result: Result, mark: str = "") -> None:
+    """The malignancy triage in two levels, with the validation sensitivity and specificity behind it."""
+    config = uncertainty_config(predictor)
+    if config is None:
+        return
+    item = uncertainty_display.for_image(config, result.probabilities)
+    title, body = uncertainty_display.triage_sentence(item)
+    (st.warning if item.flagged else st.info)(f"**{title}{mark}.** {body} Research demo: not medical advice.",
+                                              icon=":material/flag:" if item.flagged else ":material/info:")
+
+
+def uncertainty_config(predictor: Predictor) -> UncertaintyConfig | None:
+    return UncertaintyConfig.from_manifest(predictor.manifest)
+
+
 def show_ground_truth(row: pd.Series) -> None:
     how = DX_TYPES.get(row["dx_type"], row["dx_type"])
     st.info(f"HAM10000 ground truth for {row['image_id']}: **{FULL_NAMES[row['label']]} ({row['label']})**, "
@@ -427,7 +463,12 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
     if not result.in_domain and not show_refusal(result, key):
         return result
     mark = "" if result.in_domain else " (unreliable)"
-    show_headline(result, mark)
+    head, sets = st.columns([3, 2])
+    with head:
+        show_headline(result, mark)
+    with sets:
+        show_prediction_set(predictor, result, mark)
+    show_triage(predictor, result, mark)
     show_warnings(result)
     left, right = st.columns(2)
     with left:

@@ -525,6 +525,10 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
                 print(f"{name:9s} n={rep['n']} acc={rep['accuracy']:.3f} bal_acc={rep['balanced_accuracy']:.3f} "
                       f"macro_f1={rep['macro_f1']:.3f} macro_auc={_num(rep['macro_auc'])} "
                       f"mel_auc={_num(rep['melanoma_auc'])} recall: {recall}")
+            if "uncertainty" in report["classification"]:
+                from derm.uncertainty.commands import print_set_report
+
+                print_set_report(report["classification"]["uncertainty"])
         if args.masks:
             report["segmentation"], frame = external.evaluate_segmentation(predictor, args.images, args.masks, table)
             frames.append(frame)
@@ -723,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     from derm.cli_report import add_report_parser
 
     add_report_parser(sub)
+    from derm.cli_gallery import add_similar_gallery_parser
+
+    add_similar_gallery_parser(sub)
     return parser
 
 

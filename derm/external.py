@@ -28,6 +28,7 @@ from derm.imageio import ImageError, load_image
 from derm.maskclean import NONE, clean
 from derm.metrics import batch_dice_iou, present_classes_report, segmentation_report
 from derm.pipeline import Predictor, averages_networks
+from derm.uncertainty.shift import labelled_set_section
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_PATTERNS = ("{}_segmentation.png", "{}_mask.png", "{}.png")
@@ -113,10 +114,12 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     per_slot: dict[str, list[np.ndarray]] = {name: [] for name in predictor.members}
     per_member: dict[str, list[np.ndarray]] = {name: [] for name in predictor.classifiers}
     batch: list[tuple[str, np.ndarray]] = []
+    domains: list = []  # the gate's verdicts: does its score say where the prediction sets miss?
 
     def flush() -> None:
         members = predictor.model_probabilities([rgb for _, rgb in batch])
         combined, slots = predictor.ensemble(members)
+        domains.extend(predictor.check_domain([rgb for _, rgb in batch]))
         ids.extend(i for i, _ in batch)
         ensemble.append(combined)
         for name, p in slots.items():
@@ -147,6 +150,11 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     if "members" in result:  # every network's own probabilities, so other slot combinations can be scored from one run
         for name, parts in per_member.items():
             add_probability_columns(frame, f"member_{name}", np.concatenate(parts))
+    uncertainty, sets = labelled_set_section(predictor.manifest, ids, probs["ensemble"], y_true,
+                                             {n: probs[n] for n in per_slot}, domains)
+    if uncertainty is not None:  # prediction sets and triage: coverage, sizes, sensitivity on this set
+        result["uncertainty"] = uncertainty
+        frame = frame.merge(sets, on="image_id")
     return result, frame
 
 

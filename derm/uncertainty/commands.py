@@ -78,3 +78,18 @@ def uncertainty_or_none(manifest: dict) -> UncertaintyConfig | None:
         print("derm: these weights have no uncertainty section (python -m derm calibrate-uncertainty fits one): "
               "prediction_set and the malignancy columns are empty", file=sys.stderr)
     return config
+
+
+def print_set_report(report: dict) -> None:
+    """evaluate-set's lines for the prediction sets and the triage on a labelled set."""
+    for level, lv in report["levels"].items():
+        per_class = " ".join(f"{c}={v['coverage']:.2f}" for c, v in lv["per_class"].items())
+        print(f"sets {level:>4s} coverage={lv['coverage']:.3f} mean_size={lv['mean_size']:.2f} per class: {per_class}")
+    tri = report["triage"]
+    spec = "n/a" if tri["specificity"] is None else f"{tri['specificity']:.3f}"
+    sens = "n/a" if tri["sensitivity"] is None else f"{tri['sensitivity']:.3f}"
+    print(f"triage sensitivity={sens} specificity={spec} (malignant {tri['n_malignant']}, benign {tri['n_benign']})")
+    for name, group in report.get("shift", {}).items():
+        if isinstance(group, dict) and "n" in group and group["n"]:
+            print(f"sets {report['shift']['level']:g} where {name.replace('_', ' ')}: n={group['n']} "
+                  f"coverage={group['coverage']:.3f} mean_size={group['mean_size']:.2f}")

@@ -31,8 +31,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import binomtest
-from sklearn.model_selection import StratifiedKFold
 
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.uncertainty.levels import DEFAULT_LEVEL, LEVELS
@@ -144,9 +142,11 @@ def ordered_codes(member: np.ndarray, probs: np.ndarray) -> list[str]:
     return [CLASSES[i] for i in np.argsort(-probs, kind="stable") if member[i]]
 
 
-def under_covered(covered: int, n: int, level: float) -> bool:
-    """True when covering `covered` of `n` would be unlikely (p < UNDER_COVERED_P) at coverage `level`."""
-    return n > 0 and binomtest(covered, n, level, alternative="less").pvalue < UNDER_COVERED_P
+def under_covered(covered: int, n: int, level: float, p_value: float = UNDER_COVERED_P) -> bool:
+    """True when covering `covered` of `n` would be unlikely (below p_value) at coverage `level`."""
+    from scipy.stats import binomtest  # fitting only: the app's pages import this module without scipy
+
+    return n > 0 and p_value > 0 and binomtest(covered, n, level, alternative="less").pvalue < p_value
 
 
 def class_min_probability(probs_c: np.ndarray, covered: np.ndarray, level: float) -> tuple[float, bool]:
@@ -163,9 +163,9 @@ def class_min_probability(probs_c: np.ndarray, covered: np.ndarray, level: float
 
 
 def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
-              levels: tuple[float, ...] = LEVELS) -> ConformalConfig:
+              levels: tuple[float, ...] = LEVELS, under_covered_p: float = UNDER_COVERED_P) -> ConformalConfig:
     """Thresholds and widening for a given score on calibration probabilities and labels; raised level
-    by level so that sets nest."""
+    by level so that sets nest. under_covered_p=0 widens no class (plain marginal split conformal)."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
     scores = raps_scores(probs, penalty, k_reg)
     true_scores = scores[np.arange(len(y)), y]
@@ -178,7 +178,7 @@ def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
         values, unsure = np.full(NUM_CLASSES, NO_WIDENING), []
         for c, code in enumerate(CLASSES):
             mine = y == c
-            if under_covered(int(covered[mine].sum()), int(mine.sum()), level):
+            if under_covered(int(covered[mine].sum()), int(mine.sum()), level, under_covered_p):
                 values[c], sure = class_min_probability(probs[mine, c], covered[mine], level)
                 if not sure:
                     unsure.append(code)
@@ -189,31 +189,34 @@ def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
 
 
 def held_out_set_size(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int, level: float = DEFAULT_LEVEL,
-                      folds: int = FOLDS, seed: int = 0) -> float:
+                      folds: int = FOLDS, seed: int = 0, under_covered_p: float = UNDER_COVERED_P) -> float:
     """Mean set size at `level` on each fold when calibrated on the others: how a setting is judged
     without scoring the sets on the images that calibrated them."""
+    from sklearn.model_selection import StratifiedKFold  # fitting only, as above
+
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     counts = np.bincount(y, minlength=NUM_CLASSES)
     strata = np.where(counts[y] >= folds, y, -1)  # classes too small for every fold share one stratum
     sizes = []
     for fit_idx, held_idx in splitter.split(probs, strata):
-        config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,))
+        config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,), under_covered_p)
         sizes.append(config.membership(probs[held_idx], level).sum(1))
     return float(np.concatenate(sizes).mean())
 
 
 def fit_conformal(probs: np.ndarray, y: np.ndarray, levels: tuple[float, ...] = LEVELS,
-                  penalties: tuple[float, ...] = PENALTIES, k_regs: tuple[int, ...] = K_REGS
-                  ) -> tuple[ConformalConfig, dict]:
+                  penalties: tuple[float, ...] = PENALTIES, k_regs: tuple[int, ...] = K_REGS,
+                  under_covered_p: float = UNDER_COVERED_P) -> tuple[ConformalConfig, dict]:
     """The sets for an ensemble, from its validation probabilities and labels alone: the (penalty, k_reg)
     with the smallest held-out mean set size at the default level (ties: the smaller penalty, then k_reg),
     then every threshold on all validation images. Returns the config and what chose it."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
     if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES or len(probs) != len(y):
         raise ValueError(f"need N x {NUM_CLASSES} probabilities and N labels, got {probs.shape} and {len(y)}")
-    sizes = {(p, k): held_out_set_size(probs, y, p, k) for p in penalties for k in k_regs}
+    sizes = {(p, k): held_out_set_size(probs, y, p, k, under_covered_p=under_covered_p)
+             for p in penalties for k in k_regs}
     penalty, k_reg = min(sizes, key=lambda pk: (round(sizes[pk], 4), pk))
-    return calibrate(probs, y, penalty, k_reg, levels), {
+    return calibrate(probs, y, penalty, k_reg, levels, under_covered_p), {
         "rule": f"smallest mean set size at {DEFAULT_LEVEL:g} on held-out folds ({FOLDS}-fold cross-fitting)",
         "held_out_mean_size": {f"penalty={p:g},k_reg={k}": round(s, 4) for (p, k), s in sizes.items()},
         "penalty": penalty, "k_reg": k_reg}

@@ -58,3 +58,11 @@ def set_frame(ids: list[str], probs: np.ndarray, y: np.ndarray | None, config: U
 def missed(frame: pd.DataFrame) -> pd.DataFrame:
     """The images whose set does not hold the true diagnosis (rows of set_frame), largest sets first."""
     return frame[~frame["covered"]].sort_values(["set_size", "image_id"], ascending=[False, True]).reset_index(drop=True)
+
+
+def test_split_sets(frame: pd.DataFrame, config: UncertaintyConfig, level: float | None = None) -> pd.DataFrame:
+    """set_frame of the ensemble's rows of test_predictions.csv (columns ensemble_<class>, true)."""
+    from derm.classes import CLASS_INDEX
+
+    probs = frame[[f"ensemble_{c}" for c in CLASSES]].to_numpy(dtype=np.float64)
+    return set_frame(list(frame["image_id"]), probs, frame["true"].map(CLASS_INDEX).to_numpy(dtype=int), config, level)

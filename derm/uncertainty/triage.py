@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from derm.classes import CLASSES
 
@@ -40,6 +39,8 @@ def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: 
 
 def sensitivity_specificity(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict:
     """Sensitivity and specificity of `score >= threshold`, with their counts (None where undefined)."""
+    from sklearn.metrics import roc_auc_score  # here: the app's pages import this module without sklearn
+
     flagged = np.asarray(scores) >= threshold
     positive = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
@@ -78,3 +79,17 @@ def fit_triage(probs: np.ndarray, y: np.ndarray, target: float = TARGET_SENSITIV
     threshold = threshold_for_sensitivity(scores, positive, target)
     measured = sensitivity_specificity(scores, positive, threshold)
     return TriageConfig(threshold, target, measured["sensitivity"], measured["specificity"])
+
+
+def malignancy_roc(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict | None:
+    """The ROC of the malignancy score (malignant against the rest) and the operating point on it: its
+    false and true positive rates at `threshold`. None when a side is absent."""
+    from sklearn.metrics import roc_curve
+
+    scores, positive = malignancy_score(probs), is_malignant(y)
+    if not 0 < positive.sum() < len(positive):
+        return None
+    fpr, tpr, _ = roc_curve(positive, scores)
+    point = sensitivity_specificity(scores, positive, threshold)
+    return {"fpr": fpr, "tpr": tpr, "auc": point["auc"], "point_fpr": 1 - point["specificity"],
+            "point_tpr": point["sensitivity"], "threshold": threshold}
