@@ -539,9 +539,17 @@ def similar_section(card: CardInputs) -> list[str]:
     return card_lines(card.weights_dir)
 
 
+def uncertainty_section(card: CardInputs) -> list[str]:
+    """Prediction sets and malignancy triage (derm.uncertainty.card): coverage and sensitivity per set."""
+    from derm.uncertainty.card import section_lines
+
+    return section_lines(card.manifest, card.metrics, card.read_json(EXTERNAL_FILE))
+
+
 SECTIONS: list[Section] = [
     title_section, details_section, intended_use_section, training_data_section, evaluation_data_section,
-    headline_section, per_class_section, models_section, combination_section, calibration_section, segmenter_section,
+    headline_section, per_class_section, models_section, combination_section, calibration_section, uncertainty_section,
+    segmenter_section,
     external_section, similar_section, choices_section, limitations_section, reproduce_section, citation_section,
 ]
 

@@ -223,3 +223,67 @@ def test_evaluate_set_reports_coverage_set_sizes_and_triage(weights_with_sets, d
     assert report["triage"]["n_malignant"] == int(frame["true"].isin(["MEL", "BCC", "AKIEC"]).sum())
     shift = report["shift"]
     assert shift["slots_agree"]["n"] + shift["slots_disagree"]["n"] == len(frame)
+
+
+# ----------------------------------------------------------------------------- the pages
+
+
+def start_app(weights: Path, monkeypatch, tmp_path, page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DERM_WEIGHTS", str(weights))
+    monkeypatch.setenv("DERM_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120).run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def markdown(at) -> str:
+    return " | ".join(str(m.value) for m in at.markdown)
+
+
+def test_the_diagnose_page_shows_the_set_at_the_chosen_level_and_the_triage(weights_with_sets, monkeypatch, tmp_path):
+    from derm import catalog
+
+    at = start_app(weights_with_sets, monkeypatch, tmp_path)
+    at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()
+    assert not at.exception, at.exception
+    [result] = list(at.session_state["analyses"].values())
+    config = UncertaintyConfig.from_manifest(json.loads((weights_with_sets / "manifest.json").read_text()))
+    probs = np.array([[result.probabilities[c] for c in CLASSES]])
+    for level in (0.9, 0.95, 0.8):
+        if level != 0.9:
+            at.radio(key="coverage_level").set_value(level).run()
+        expected = config.prediction_sets(probs, level)[0]
+        shown = next(m for m in markdown(at).split(" | ") if m.startswith(f"Prediction set at {level:.0%}"))
+        assert ", ".join(expected) in shown and f"{config.val_coverage[level]:.1%} measured" in shown
+    flagged = bool(malignancy_score(probs)[0] >= config.triage.threshold)
+    triage = " | ".join(str(e.value) for e in (at.warning if flagged else at.info))
+    assert ("Higher concern" if flagged else "Lower concern") in triage and "not medical advice" in triage
+    assert f"{config.triage.val_sensitivity:.0%}" in triage
+
+
+def test_the_diagnose_page_without_a_section_shows_no_set(tiny_weights, monkeypatch, tmp_path):
+    if "uncertainty" in json.loads((tiny_weights / "manifest.json").read_text()):
+        pytest.skip("the export already writes the uncertainty section")
+    from derm import catalog
+
+    at = start_app(tiny_weights, monkeypatch, tmp_path)
+    at.button(key=f"example_{catalog.EXAMPLES['NV']}").click().run()
+    assert not at.exception and at.subheader and "Prediction set" not in markdown(at)
+
+
+def test_the_explorer_shows_test_coverage_and_the_images_whose_set_missed(weights_with_sets, monkeypatch, tmp_path):
+    from derm.uncertainty.report import missed, test_split_sets
+
+    at = start_app(weights_with_sets, monkeypatch, tmp_path, "app_pages/explorer.py")
+    metrics = {m.label: m.value for m in at.metric}
+    frame = pd.read_csv(weights_with_sets / "test_predictions.csv")
+    config = UncertaintyConfig.from_manifest(json.loads((weights_with_sets / "manifest.json").read_text()))
+    sets = test_split_sets(frame, config)
+    assert metrics["test coverage"] == f"{sets['covered'].mean():.1%}"
+    at.toggle(key="explorer_missed").set_value(True).run()
+    listed = [d.value for d in at.dataframe if "prediction_set" in d.value.columns]
+    assert listed and sorted(listed[-1]["image_id"]) == sorted(missed(sets)["image_id"])

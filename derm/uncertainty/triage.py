@@ -41,6 +41,8 @@ def sensitivity_specificity(scores: np.ndarray, positive: np.ndarray, threshold:
     """Sensitivity and specificity of `score >= threshold`, with their counts (None where undefined)."""
     from sklearn.metrics import roc_auc_score  # here: the app's pages import this module without sklearn
 
+    from sklearn.metrics import roc_auc_score  # measuring only: the app's pages read this module without it
+
     flagged = np.asarray(scores) >= threshold
     positive = np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
