@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.model_selection import StratifiedKFold
 
 from derm.classes import CLASSES
-from derm.metrics import classification_report, one_vs_rest_auc, selection_score
+
+# scipy, scikit-learn and derm.metrics are imported by the fitting functions only: the app and
+# `predict` combine with numpy alone and start a second sooner
 
 PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHRINKAGES = (0.003, 0.03, 0.3)  # L2 strength on the soft weights' parameters: weak, medium, strong
@@ -104,6 +104,8 @@ def validated_routing(routing: dict[str, str], slot_probs: dict[str, np.ndarray]
                       margin: float = ROUTING_AUC_MARGIN) -> tuple[dict[str, str], dict]:
     """Keep the frequency routing for a class unless another slot's AUC for it is better by more than
     `margin` (AUC: threshold-free, so fair to a score that gets renormalised)."""
+    from derm.metrics import one_vs_rest_auc
+
     aucs = {s: one_vs_rest_auc(p, y) for s, p in slot_probs.items()}
     final, record = {}, {}
     for c, chosen in routing.items():
@@ -117,6 +119,8 @@ def validated_routing(routing: dict[str, str], slot_probs: dict[str, np.ndarray]
 def fit_soft_weights(stack: np.ndarray, y: np.ndarray, shrinkage: float) -> np.ndarray:
     """C x S convex weights minimising the mean log-loss of the mixed, renormalised probabilities plus
     `shrinkage` * ||theta||^2, where w = softmax(theta) per class (theta = 0: equal weights)."""
+    from scipy.optimize import minimize
+
     n, c, s = stack.shape
     rows = np.arange(n)
 
@@ -171,6 +175,10 @@ def cross_validate(candidate_list: Sequence[Candidate], slot_probs: dict[str, np
     """Each candidate's scores from out-of-fold predictions, averaged over `repeats` stratified
     K-fold splits (fold seeds 0..repeats-1). Weights are fitted once per (slots, kind, shrinkage) and
     fold; the prior correction is applied after, so candidates differing only in tau share a fit."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from derm.metrics import classification_report, selection_score
+
     y = np.asarray(y)
     n = len(y)
     per_repeat: dict[Candidate, list[dict]] = {cand: [] for cand in candidate_list}
