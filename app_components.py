@@ -260,7 +260,8 @@ def show_prediction_set(predictor: Predictor, result: Result, mark: str = "") ->
         return
     level = st.radio("Coverage of the prediction set", config.levels, index=config.levels.index(config.level()),
                      format_func=lambda x: f"{x:.0%}", horizontal=True, key=COVERAGE_KEY)
-    st.markdown(uncertainty_display.set_sentence(uncertainty_display.for_image(config, result.probabilities, level)))
+    item = uncertainty_display.for_image(config, result.probabilities, level, result.per_model)
+    st.markdown(uncertainty_display.set_sentence(item))
     if mark:
         st.caption("The domain gate refused this image: the stated coverage does not hold for it.")
     else:

@@ -228,9 +228,8 @@ def show_prediction_sets(frame: pd.DataFrame) -> None:
         return
     level = st.radio("Coverage level", config.levels, index=config.levels.index(config.level()), horizontal=True,
                      format_func=lambda x: f"{x:.0%}", key="explorer_coverage")
-    sets = uncertainty_report.test_split_sets(frame, config, level)
+    sets, measured = uncertainty_report.test_split_sets(frame, config, level)
     y = sets["true"].map(CLASSES.index).to_numpy()
-    measured = uncertainty_report.level_report(config.membership(explorer.probabilities(frame, "ensemble"), level), y)
     columns = st.columns(3)
     columns[0].metric("test coverage", f"{measured['coverage']:.1%}", help=f"validation: {config.val_coverage[level]:.1%}")
     columns[1].metric("mean set size", f"{measured['mean_size']:.2f}")

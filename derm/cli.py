@@ -257,11 +257,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if rgb is None:
             failed += 1
             continue
-        combined, _ = predictor.classify([rgb])
+        combined, slots = predictor.classify([rgb])
         domain = predictor.check_domain([rgb])[0]
         row = {"path": path, **{c: round(float(combined[0, i]), 6) for i, c in enumerate(CLASSES)},
                "label": CLASSES[int(combined[0].argmax())],
-               **predict_fields(uncertainty, combined[0], args.coverage), "in_domain": domain is None or domain.in_domain,
+               **predict_fields(uncertainty, combined[0], args.coverage, {k: p[0] for k, p in slots.items()}),
+               "in_domain": domain is None or domain.in_domain,
                "warnings": " | ".join(_domain_warnings(domain))}
         rows.append(row)
         if args.format == "csv":

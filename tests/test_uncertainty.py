@@ -85,6 +85,38 @@ def test_an_under_covered_class_gets_its_own_coverage_and_the_others_keep_theirs
     assert covered.mean() >= binomial_interval(0.9, m)[0]
 
 
+def disagreeing_sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """A sample where a quarter of the images get two slots that disagree and a flattened, overconfident
+    ensemble answer (hard images the marginal threshold under-covers); the rest two slots that agree."""
+    probs, y = synthetic(n, seed, prior=EVEN_PRIOR)
+    rng = np.random.default_rng(seed + 100)
+    hard = rng.random(n) < 0.25
+    shown = probs.copy()
+    shown[hard] = rng.dirichlet(np.full(NUM_CLASSES, 0.3), size=int(hard.sum()))  # the answer says little
+    other = shown.copy()
+    other[hard] = np.roll(shown[hard], 1, axis=1)  # the second slot's top class moves
+    return shown, y, {"a": shown, "b": other}
+
+
+def test_images_whose_slots_disagree_get_thresholds_of_their_own_and_their_coverage():
+    from derm.uncertainty.conformal import slots_disagree
+
+    n, m = 2000, 20000
+    probs, y, slots = disagreeing_sample(n + m, 7)
+    disagree = slots_disagree(slots)
+    plain = calibrate(probs[:n], y[:n], 0.0, 1)
+    grouped = calibrate(probs[:n], y[:n], 0.0, 1, disagree=disagree[:n])
+    assert 0.9 in grouped.by_agreement and grouped.by_agreement[0.9]["disagree"] > grouped.by_agreement[0.9]["agree"]
+    held = np.arange(m)
+    missed_plain = plain.membership(probs[n:], 0.9)[held, y[n:]][disagree[n:]].mean()
+    covered = grouped.membership(probs[n:], 0.9, disagree[n:])[held, y[n:]]
+    low, _ = binomial_interval(0.9, int(disagree[n:].sum()))
+    assert missed_plain < low <= covered[disagree[n:]].mean()  # under-covered before, at the level after
+    assert covered.mean() >= binomial_interval(0.9, m)[0]
+    members = [grouped.membership(probs[n:], level, disagree[n:]) for level in sorted(LEVELS)]
+    assert all(not (a & ~b).any() for a, b in zip(members, members[1:]))
+
+
 def test_sets_are_nested_for_every_image():
     probs, y = synthetic(4000, 3, shrink={2: 0.3, 0: 0.5})
     config, _ = fit_conformal(probs[:1000], y[:1000])

@@ -23,12 +23,13 @@ def add_coverage_option(p: argparse.ArgumentParser) -> None:
                         f"({', '.join(f'{x:g}' for x in LEVELS)}; default {DEFAULT_LEVEL:g})")
 
 
-def predict_fields(config: UncertaintyConfig | None, probs: np.ndarray, level: float) -> dict:
-    """predict's columns for one image: the set at `level`, the malignancy score and flag; empty (None)
-    for weights exported without an uncertainty section."""
+def predict_fields(config: UncertaintyConfig | None, probs: np.ndarray, level: float,
+                   slot_probs: dict[str, np.ndarray] | None = None) -> dict:
+    """predict's columns for one image (its 7 probabilities and each slot's): the set at `level`, the
+    malignancy score and flag; empty (None) for weights exported without an uncertainty section."""
     if config is None:
         return dict.fromkeys(PREDICT_COLUMNS)
-    return config.row_fields(probs, level)
+    return config.row_fields(probs, level, slot_probs)
 
 
 def add_calibrate_parser(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from derm.classes import CLASSES
-from derm.uncertainty.conformal import DEFAULT_LEVEL, LEVELS, ConformalConfig, check_level, fit_conformal
+from derm.uncertainty.conformal import (DEFAULT_LEVEL, LEVELS, ConformalConfig, check_level, fit_conformal,
+                                        slots_disagree)
 from derm.uncertainty.triage import TriageConfig, fit_triage, malignancy_score
 
 SECTION = "uncertainty"
@@ -37,18 +38,24 @@ class UncertaintyConfig:
         """The stored level for `level` (default: 90%); ValueError for one that was not fitted."""
         return check_level(DEFAULT_LEVEL if level is None else level, self.levels)
 
-    def prediction_sets(self, probs: np.ndarray, level: float | None = None) -> list[list[str]]:
-        return self.conformal.sets(probs, self.level(level))
+    def prediction_sets(self, probs: np.ndarray, level: float | None = None,
+                        slot_probs: dict[str, np.ndarray] | None = None) -> list[list[str]]:
+        """Each image's set, most probable first; `slot_probs` (each slot's N x 7) tells the images whose
+        slots disagree, which may have thresholds of their own."""
+        return self.conformal.sets(probs, self.level(level), slots_disagree(slot_probs))
 
-    def membership(self, probs: np.ndarray, level: float | None = None) -> np.ndarray:
-        return self.conformal.membership(probs, self.level(level))
+    def membership(self, probs: np.ndarray, level: float | None = None,
+                   slot_probs: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        return self.conformal.membership(probs, self.level(level), slots_disagree(slot_probs))
 
-    def row_fields(self, probs: np.ndarray, level: float | None = None) -> dict:
-        """The `predict` columns for one image's 7 probabilities: prediction_set (codes, most probable
-        first, joined by |), malignancy_score and malignancy_flag."""
+    def row_fields(self, probs: np.ndarray, level: float | None = None,
+                   slot_probs: dict[str, np.ndarray] | None = None) -> dict:
+        """The `predict` columns for one image's 7 probabilities (and its slots'): prediction_set (codes,
+        most probable first, joined by |), malignancy_score and malignancy_flag."""
         probs = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+        slots = None if slot_probs is None else {k: np.asarray(v).reshape(1, -1) for k, v in slot_probs.items()}
         score = float(malignancy_score(probs)[0])
-        return {"prediction_set": "|".join(self.prediction_sets(probs, level)[0]),
+        return {"prediction_set": "|".join(self.prediction_sets(probs, level, slots)[0]),
                 "malignancy_score": round(score, 6), "malignancy_flag": bool(score >= self.triage.threshold)}
 
     def to_dict(self) -> dict:
@@ -81,22 +88,27 @@ class UncertaintyConfig:
             return None
 
 
-def fit_uncertainty_config(val_probs: np.ndarray, y_val: np.ndarray, levels: tuple[float, ...] = LEVELS
+def fit_uncertainty_config(val_probs: np.ndarray, y_val: np.ndarray,
+                           val_slot_probs: dict[str, np.ndarray] | None = None, levels: tuple[float, ...] = LEVELS
                            ) -> tuple[UncertaintyConfig, dict]:
-    """Sets and triage from validation probabilities and labels; also what chose the sets' settings."""
+    """Sets and triage from validation probabilities and labels (and each slot's probabilities, whose
+    disagreement may mark images to calibrate apart); also what chose the sets' settings."""
     val_probs, y_val = np.asarray(val_probs, dtype=np.float64), np.asarray(y_val, dtype=int)
-    conformal, choice = fit_conformal(val_probs, y_val, levels)
+    disagree = slots_disagree(val_slot_probs)
+    conformal, choice = fit_conformal(val_probs, y_val, levels, disagree=disagree)
     triage = fit_triage(val_probs, y_val)
     coverage, size = {}, {}
     for level in conformal.levels:
-        member = conformal.membership(val_probs, level)
+        member = conformal.membership(val_probs, level, disagree)
         coverage[level] = float(member[np.arange(len(y_val)), y_val].mean())
         size[level] = float(member.sum(1).mean())
     return UncertaintyConfig(conformal, triage, coverage, size), choice
 
 
-def fit_uncertainty(val_probs: np.ndarray, y_val: np.ndarray) -> dict:
+def fit_uncertainty(val_probs: np.ndarray, y_val: np.ndarray, val_slot_probs: dict[str, np.ndarray] | None = None
+                    ) -> dict:
     """manifest["uncertainty"]: the JSON-able section fitted on the ensemble's validation probabilities
-    (N x 7, the class order of derm.classes) and labels (class indices)."""
-    config, choice = fit_uncertainty_config(val_probs, y_val)
+    (N x 7, the class order of derm.classes), labels (class indices) and, when given, each slot's
+    validation probabilities (the `slots` of Predictor.ensemble)."""
+    config, choice = fit_uncertainty_config(val_probs, y_val, val_slot_probs)
     return {**config.to_dict(), "choice": choice, "classes": list(CLASSES)}

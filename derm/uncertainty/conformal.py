@@ -45,8 +45,9 @@ OWN_SHARE_LEFT_OUT = 0.5  # RAPS's random U at its mean: the same set for the sa
 
 @dataclass
 class ConformalConfig:
-    """The fitted sets: the score's two settings, one threshold per level, and per level and class the
-    probability from which a widened class joins every set (inf: not widened)."""
+    """The fitted sets: the score's two settings, one threshold per level (and, where the slots'
+    disagreement marks images the marginal sets under-cover, one per agreement group), and per level
+    and class the probability from which a widened class joins every set (inf: not widened)."""
 
     penalty: float
     k_reg: int
@@ -54,6 +55,7 @@ class ConformalConfig:
     min_probability: dict[float, np.ndarray]
     not_guaranteed: dict[float, list[str]] = field(default_factory=dict)
     n_calibration: int = 0
+    by_agreement: dict[float, dict[str, float]] = field(default_factory=dict)  # level -> {"agree": t, "disagree": t}
 
     @property
     def levels(self) -> tuple[float, ...]:
@@ -62,22 +64,35 @@ class ConformalConfig:
     def scores(self, probs: np.ndarray) -> np.ndarray:
         return raps_scores(probs, self.penalty, self.k_reg)
 
-    def membership(self, probs: np.ndarray, level: float) -> np.ndarray:
-        """N x 7 booleans: class c is in image n's set at `level`."""
+    def image_thresholds(self, level: float, disagree: np.ndarray | None, n: int) -> np.ndarray:
+        """Each image's threshold: its agreement group's where the sets are grouped and the slots'
+        agreement is known, else the marginal one."""
+        groups = self.by_agreement.get(level)
+        if not groups or disagree is None:
+            return np.full(n, self.thresholds[level])
+        return np.where(np.asarray(disagree, dtype=bool), groups["disagree"], groups["agree"])
+
+    def membership(self, probs: np.ndarray, level: float, disagree: np.ndarray | None = None) -> np.ndarray:
+        """N x 7 booleans: class c is in image n's set at `level` (`disagree`: N booleans, the ensemble's
+        slots do not agree on the top class; derm.uncertainty.shift.slots_disagree)."""
         level = check_level(level, self.levels)
         probs = np.asarray(probs, dtype=np.float64)
-        return set_membership(self.scores(probs), self.thresholds[level], self.min_probability[level], probs)
+        return set_membership(self.scores(probs), self.image_thresholds(level, disagree, len(probs)),
+                              self.min_probability[level], probs)
 
-    def sets(self, probs: np.ndarray, level: float) -> list[list[str]]:
+    def sets(self, probs: np.ndarray, level: float, disagree: np.ndarray | None = None) -> list[list[str]]:
         """Each image's set as class codes, most probable first."""
-        return [ordered_codes(row, p) for row, p in zip(self.membership(probs, level), np.asarray(probs))]
+        return [ordered_codes(row, p) for row, p in zip(self.membership(probs, level, disagree), np.asarray(probs))]
 
     def to_dict(self) -> dict:
-        return {"method": "split conformal, RAPS score with U = 1/2 (no randomisation); classes the marginal sets "
-                          "under-cover on validation widened by a per-class minimum probability",
+        return {"method": "split conformal, RAPS score with U = 1/2 (no randomisation); images whose slots disagree "
+                          "calibrated apart where the marginal sets under-cover them; classes the sets under-cover "
+                          "on validation widened by a per-class minimum probability",
                 "penalty": self.penalty, "k_reg": self.k_reg, "n_calibration": self.n_calibration,
                 "levels": {f"{level:g}": {
                     "threshold": round(self.thresholds[level], 6),
+                    **({"by_slot_agreement": {g: round(t, 6) for g, t in self.by_agreement[level].items()}}
+                       if self.by_agreement.get(level) else {}),
                     "widened": {c: round(float(m), 6) for c, m in zip(CLASSES, self.min_probability[level])
                                 if math.isfinite(m)},
                     "not_guaranteed": self.not_guaranteed.get(level, [])} for level in self.levels}}
@@ -90,7 +105,18 @@ class ConformalConfig:
                    {level: np.array([float(entry.get("widened", {}).get(c, NO_WIDENING)) for c in CLASSES])
                     for level, entry in levels.items()},
                    {level: list(entry.get("not_guaranteed", [])) for level, entry in levels.items()},
-                   int(section.get("n_calibration", 0)))
+                   int(section.get("n_calibration", 0)),
+                   {level: {g: float(t) for g, t in entry["by_slot_agreement"].items()}
+                    for level, entry in levels.items() if entry.get("by_slot_agreement")})
+
+
+def slots_disagree(slot_probs: dict[str, np.ndarray] | None) -> np.ndarray | None:
+    """N booleans: the ensemble's slots do not all put the same class on top (None without slots, or with
+    one slot: nothing to disagree)."""
+    if not slot_probs or len(slot_probs) < 2:
+        return None
+    tops = np.stack([np.asarray(p).reshape(-1, NUM_CLASSES).argmax(1) for p in slot_probs.values()])
+    return (tops != tops[0]).any(0)
 
 
 def check_level(level: float, levels: tuple[float, ...]) -> float:
@@ -129,10 +155,10 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
     return float(scores[k - 1]) if 0 < k <= len(scores) else math.inf
 
 
-def set_membership(scores: np.ndarray, threshold: float, min_probability: np.ndarray, probs: np.ndarray) -> np.ndarray:
+def set_membership(scores: np.ndarray, threshold: float | np.ndarray, min_probability: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """A class is in the set when its score is at most the threshold, or its probability reaches its
     class's minimum (widened classes); the top class always is."""
-    member = (scores <= threshold) | (probs >= min_probability[None, :])
+    member = (scores <= np.reshape(threshold, (-1, 1))) | (probs >= min_probability[None, :])
     member[np.arange(len(member)), probs.argmax(1)] = True
     return member
 
@@ -162,18 +188,35 @@ def class_min_probability(probs_c: np.ndarray, covered: np.ndarray, level: float
     return 1.0 - q, True
 
 
+MIN_GROUP = 20  # images an agreement group needs for a finite 95% quantile: ceil(21 * 0.95) = 20
+
+
 def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
-              levels: tuple[float, ...] = LEVELS, under_covered_p: float = UNDER_COVERED_P) -> ConformalConfig:
+              levels: tuple[float, ...] = LEVELS, under_covered_p: float = UNDER_COVERED_P,
+              disagree: np.ndarray | None = None) -> ConformalConfig:
     """Thresholds and widening for a given score on calibration probabilities and labels; raised level
-    by level so that sets nest. under_covered_p=0 widens no class (plain marginal split conformal)."""
+    by level so that sets nest. under_covered_p=0 widens no class and groups no images (plain marginal
+    split conformal). `disagree` (N booleans: the slots disagree on the top class) lets a group the
+    marginal threshold under-covers get thresholds of its own, each group then calibrated on itself."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
     scores = raps_scores(probs, penalty, k_reg)
     true_scores = scores[np.arange(len(y)), y]
-    thresholds, minimum, not_guaranteed = {}, {}, {}
-    floor, ceiling = -math.inf, np.full(NUM_CLASSES, NO_WIDENING)
+    grouped = disagree is not None and under_covered_p > 0 and \
+        min(int(np.sum(disagree)), int(np.sum(~np.asarray(disagree, dtype=bool)))) >= MIN_GROUP
+    disagree = np.asarray(disagree, dtype=bool) if grouped else None
+    thresholds, by_agreement, minimum, not_guaranteed = {}, {}, {}, {}
+    floor, group_floor, ceiling = -math.inf, {"agree": -math.inf, "disagree": -math.inf}, np.full(NUM_CLASSES, NO_WIDENING)
     for level in sorted(levels):
         threshold = max(conformal_quantile(true_scores, level), floor)
-        base = set_membership(scores, threshold, np.full(NUM_CLASSES, NO_WIDENING), probs)
+        per_image = np.full(len(y), threshold)
+        if grouped and under_covered(int((true_scores[disagree] <= threshold).sum()), int(disagree.sum()), level,
+                                     under_covered_p):
+            groups = {"agree": ~disagree, "disagree": disagree}
+            by_agreement[level] = {g: max(conformal_quantile(true_scores[mask], level), group_floor[g])
+                                   for g, mask in groups.items()}
+            group_floor = by_agreement[level]
+            per_image = np.where(disagree, by_agreement[level]["disagree"], by_agreement[level]["agree"])
+        base = set_membership(scores, per_image, np.full(NUM_CLASSES, NO_WIDENING), probs)
         covered = base[np.arange(len(y)), y]
         values, unsure = np.full(NUM_CLASSES, NO_WIDENING), []
         for c, code in enumerate(CLASSES):
@@ -185,11 +228,12 @@ def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
         values = np.minimum(values, ceiling)
         thresholds[level], minimum[level], not_guaranteed[level] = threshold, values, unsure
         floor, ceiling = threshold, values
-    return ConformalConfig(penalty, k_reg, thresholds, minimum, not_guaranteed, len(y))
+    return ConformalConfig(penalty, k_reg, thresholds, minimum, not_guaranteed, len(y), by_agreement)
 
 
 def held_out_set_size(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int, level: float = DEFAULT_LEVEL,
-                      folds: int = FOLDS, seed: int = 0, under_covered_p: float = UNDER_COVERED_P) -> float:
+                      folds: int = FOLDS, seed: int = 0, under_covered_p: float = UNDER_COVERED_P,
+                      disagree: np.ndarray | None = None) -> float:
     """Mean set size at `level` on each fold when calibrated on the others: how a setting is judged
     without scoring the sets on the images that calibrated them."""
     from sklearn.model_selection import StratifiedKFold  # fitting only, as above
@@ -199,24 +243,26 @@ def held_out_set_size(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: i
     strata = np.where(counts[y] >= folds, y, -1)  # classes too small for every fold share one stratum
     sizes = []
     for fit_idx, held_idx in splitter.split(probs, strata):
-        config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,), under_covered_p)
-        sizes.append(config.membership(probs[held_idx], level).sum(1))
+        config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,), under_covered_p,
+                           None if disagree is None else disagree[fit_idx])
+        sizes.append(config.membership(probs[held_idx], level, None if disagree is None else disagree[held_idx]).sum(1))
     return float(np.concatenate(sizes).mean())
 
 
 def fit_conformal(probs: np.ndarray, y: np.ndarray, levels: tuple[float, ...] = LEVELS,
                   penalties: tuple[float, ...] = PENALTIES, k_regs: tuple[int, ...] = K_REGS,
-                  under_covered_p: float = UNDER_COVERED_P) -> tuple[ConformalConfig, dict]:
+                  under_covered_p: float = UNDER_COVERED_P, disagree: np.ndarray | None = None
+                  ) -> tuple[ConformalConfig, dict]:
     """The sets for an ensemble, from its validation probabilities and labels alone: the (penalty, k_reg)
     with the smallest held-out mean set size at the default level (ties: the smaller penalty, then k_reg),
     then every threshold on all validation images. Returns the config and what chose it."""
     probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y, dtype=int)
     if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES or len(probs) != len(y):
         raise ValueError(f"need N x {NUM_CLASSES} probabilities and N labels, got {probs.shape} and {len(y)}")
-    sizes = {(p, k): held_out_set_size(probs, y, p, k, under_covered_p=under_covered_p)
+    sizes = {(p, k): held_out_set_size(probs, y, p, k, under_covered_p=under_covered_p, disagree=disagree)
              for p in penalties for k in k_regs}
     penalty, k_reg = min(sizes, key=lambda pk: (round(sizes[pk], 4), pk))
-    return calibrate(probs, y, penalty, k_reg, levels, under_covered_p), {
+    return calibrate(probs, y, penalty, k_reg, levels, under_covered_p, disagree), {
         "rule": f"smallest mean set size at {DEFAULT_LEVEL:g} on held-out folds ({FOLDS}-fold cross-fitting)",
         "held_out_mean_size": {f"penalty={p:g},k_reg={k}": round(s, 4) for (p, k), s in sizes.items()},
         "penalty": penalty, "k_reg": k_reg}

@@ -9,6 +9,7 @@ import numpy as np
 
 from derm.classes import CLASSES
 from derm.uncertainty.config import UncertaintyConfig
+from derm.uncertainty.conformal import slots_disagree
 from derm.uncertainty.triage import malignancy_score
 
 
@@ -24,16 +25,22 @@ class ImageUncertainty:
     threshold: float
     val_sensitivity: float | None
     val_specificity: float | None
+    apart: bool = False  # the slots disagree and such images have thresholds of their own
 
 
-def for_image(config: UncertaintyConfig, probabilities: dict[str, float], level: float | None = None) -> ImageUncertainty:
-    """The set and triage of one analysed image (probabilities keyed by class code)."""
+def for_image(config: UncertaintyConfig, probabilities: dict[str, float], level: float | None = None,
+              per_slot: dict[str, dict[str, float]] | None = None) -> ImageUncertainty:
+    """The set and triage of one analysed image (probabilities keyed by class code; per_slot: each slot's,
+    as Result.per_model holds them)."""
     probs = np.array([[probabilities[c] for c in CLASSES]], dtype=np.float64)
+    slots = {name: np.array([[p[c] for c in CLASSES]]) for name, p in (per_slot or {}).items()} or None
     level = config.level(level)
     score = float(malignancy_score(probs)[0])
-    return ImageUncertainty(level, config.prediction_sets(probs, level)[0], config.val_coverage.get(level), score,
+    disagree = slots_disagree(slots)
+    apart = bool(disagree is not None and disagree[0] and config.conformal.by_agreement.get(level))
+    return ImageUncertainty(level, config.prediction_sets(probs, level, slots)[0], config.val_coverage.get(level), score,
                             score >= config.triage.threshold, config.triage.threshold,
-                            config.triage.val_sensitivity, config.triage.val_specificity)
+                            config.triage.val_sensitivity, config.triage.val_specificity, apart)
 
 
 def set_sentence(item: ImageUncertainty) -> str:
@@ -41,8 +48,10 @@ def set_sentence(item: ImageUncertainty) -> str:
     listed = ", ".join(item.codes)
     lead = f"**{listed}**" if len(item.codes) == 1 else f"one of **{listed}**"
     measured = "" if item.val_coverage is None else f" ({item.val_coverage:.1%} measured)"
+    apart = (" The ensemble's models disagree on this image, so its set is calibrated on the validation images "
+             "where they disagreed too, and is wider." if item.apart else "")
     return (f"Prediction set at {item.level:.0%}: {lead}. Sets made this way held the true diagnosis for at "
-            f"least {item.level:.0%} of HAM10000 validation images{measured}.")
+            f"least {item.level:.0%} of HAM10000 validation images{measured}.{apart}")
 
 
 def triage_sentence(item: ImageUncertainty) -> tuple[str, str]:

@@ -8,12 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from derm.uncertainty.config import UncertaintyConfig
-
-
-def slots_disagree(slot_probs: dict[str, np.ndarray]) -> np.ndarray:
-    """N booleans: the slots' top classes are not all the same."""
-    tops = np.stack([np.asarray(p).argmax(1) for p in slot_probs.values()])
-    return (tops != tops[0]).any(0)
+from derm.uncertainty.conformal import slots_disagree
 
 
 def group_report(member: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict:
@@ -36,9 +31,11 @@ def shift_report(probs: np.ndarray, y: np.ndarray, config: UncertaintyConfig, sl
     """Coverage at `level` (default 90%) where the slots agree and where they disagree, and per quartile of
     the gate's probability when given."""
     level = config.level(level)
-    member = config.membership(probs, level)
     y = np.asarray(y, dtype=int)
     disagree = slots_disagree(slot_probs)
+    if disagree is None:
+        disagree = np.zeros(len(y), dtype=bool)
+    member = config.membership(probs, level, disagree)
     report = {"level": level, "slots_agree": group_report(member, y, ~disagree),
               "slots_disagree": group_report(member, y, disagree)}
     if gate_probability is not None and len(gate_probability) == len(y):
@@ -74,10 +71,9 @@ def labelled_set_section(manifest: dict, ids: list[str], probs: np.ndarray, y: n
     device = gate["gate_device_probability"] if gate is not None else None
     gate_probability = device if device is not None and not np.isnan(device).any() else (
         gate["gate_probability"] if gate is not None else None)
-    report = {**uncertainty_report(probs, y, config),
+    report = {**uncertainty_report(probs, y, config, slot_probs),
               "shift": shift_report(probs, y, config, slot_probs, gate_probability)}
-    frame = set_frame(ids, probs, y, config).drop(columns="true")
-    frame["slots_disagree"] = slots_disagree(slot_probs)
+    frame = set_frame(ids, probs, y, config, slot_probs=slot_probs).drop(columns="true")
     for name, values in (gate or {}).items():
         frame[name] = values
     return report, pd.DataFrame(frame)
