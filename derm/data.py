@@ -104,8 +104,12 @@ def cache_dir() -> Path:
 # ----------------------------------------------------------------------------- the table
 
 
+PATIENT_COLUMNS = ("age", "sex", "localization")
+
+
 def load_table(data_dir: str | Path | None = None) -> pd.DataFrame:
-    """One row per image: image_id, lesion_id, label, label_idx, dx_type, image_path, mask_path.
+    """One row per image: image_id, lesion_id, label, label_idx, dx_type, the patient's age, sex and the
+    lesion's body site (localization; missing where the source has none), image_path, mask_path.
 
     Reads the official metadata when present; otherwise the ISIC 2018 one-hot GroundTruth.csv, where
     each image is its own lesion (the format has no lesion ids).
@@ -130,7 +134,10 @@ def load_table(data_dir: str | Path | None = None) -> pd.DataFrame:
     table["label_idx"] = table["label"].map(CLASS_INDEX).astype(int)
     table["image_path"] = [str(root / "images" / f"{i}.jpg") for i in table["image_id"]]
     table["mask_path"] = [str(root / "masks" / f"{i}_segmentation.png") for i in table["image_id"]]
-    columns = ["image_id", "lesion_id", "label", "label_idx", "dx_type", "image_path", "mask_path"]
+    for column in PATIENT_COLUMNS:  # the ISIC 2018 one-hot format has no patient metadata
+        if column not in table:
+            table[column] = None
+    columns = ["image_id", "lesion_id", "label", "label_idx", "dx_type", *PATIENT_COLUMNS, "image_path", "mask_path"]
     return table[columns]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,71 @@ def apply_cell_click(state: MutableMapping, event: Mapping | None) -> bool:
         return False
     state[TRUE_KEY], state[PRED_KEY] = cell
     return True
+
+
+# ----------------------------------------------------------------------------- patient metadata
+
+PATIENT_COLUMNS = ("age", "sex", "localization", "dx_type")  # HAM10000's metadata beside each image
+
+
+def with_patient(images: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
+    """The images with the patient's age and sex, the lesion's body site (localization) and how its
+    diagnosis was confirmed (dx_type), from the dataset's metadata table; missing where it has none."""
+    out = images.drop(columns=[c for c in PATIENT_COLUMNS if c in images.columns])
+    if table is None:
+        return out.assign(**{c: None for c in PATIENT_COLUMNS})
+    meta = table.drop_duplicates("image_id").set_index("image_id")
+    meta = meta.reindex(columns=list(PATIENT_COLUMNS))
+    return out.join(meta, on="image_id")
+
+
+@dataclass(frozen=True)
+class PatientFilter:
+    """Which images to keep by patient metadata; an empty choice keeps everything. Narrowing the age
+    range drops images of unknown age (they cannot be said to fall in it); the full range keeps them."""
+
+    ages: tuple[float, float] | None = None
+    sexes: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    confirmations: tuple[str, ...] = ()
+
+    def apply(self, images: pd.DataFrame) -> pd.DataFrame:
+        keep = pd.Series(True, index=images.index)
+        if self.ages is not None:
+            keep &= images["age"].between(*self.ages)
+        for column, chosen in (("sex", self.sexes), ("localization", self.sites), ("dx_type", self.confirmations)):
+            if chosen:
+                keep &= images[column].isin(chosen)
+        return images[keep].reset_index(drop=True)
+
+    def describe(self) -> str:
+        """The active choices in a few words, for the list's heading; '' when nothing is filtered."""
+        parts = [f"age {self.ages[0]:.0f}–{self.ages[1]:.0f}"] if self.ages is not None else []
+        parts += [", ".join(chosen) for chosen in (self.sexes, self.sites, self.confirmations) if chosen]
+        return "; ".join(parts)
+
+
+def patient_choices(images: pd.DataFrame) -> dict[str, list[str]]:
+    """The values present for each categorical metadata column, sorted (for the filter's pickers)."""
+    return {c: sorted(images[c].dropna().astype(str).unique()) for c in ("sex", "localization", "dx_type")}
+
+
+def age_bounds(images: pd.DataFrame) -> tuple[int, int] | None:
+    """The lowest and highest known age, or None when no age is known."""
+    ages = images["age"].dropna()
+    return (int(ages.min()), int(ages.max())) if not ages.empty else None
+
+
+CONFIRMED_SHORT = {"histo": "histology", "follow_up": "follow-up", "consensus": "consensus", "confocal": "confocal"}
+
+
+def describe_patient(row: Mapping) -> str:
+    """One short line under a thumbnail: age, sex, body site, how the diagnosis was confirmed."""
+    def known(value) -> bool:
+        return value is not None and not pd.isna(value) and value != "unknown"
+
+    age = f"{row['age']:.0f} y" if known(row.get("age")) else "age unknown"
+    sex = row["sex"] if known(row.get("sex")) else "sex unknown"
+    site = row["localization"] if known(row.get("localization")) else "site unknown"
+    how = CONFIRMED_SHORT.get(row.get("dx_type"), row.get("dx_type")) if known(row.get("dx_type")) else "unconfirmed"
+    return f"{age} · {sex} · {site} · {how}"

@@ -90,3 +90,59 @@ def test_missing_predictions_say_which_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="test_predictions.csv"):
         explorer.load_predictions(tmp_path)
     assert explorer.load_metrics(tmp_path) == {}
+
+
+# ----------------------------------------------------------------------------- patient metadata
+
+
+@pytest.fixture(scope="module")
+def patients(frame, data_dir) -> pd.DataFrame:
+    from derm import data
+
+    return explorer.with_patient(frame[["image_id"]], data.load_table(data_dir))
+
+
+def test_every_test_image_gets_its_patients_metadata(patients, data_dir):
+    metadata = pd.read_csv(data_dir / "HAM10000_metadata.csv").set_index("image_id")
+    assert list(patients.columns) == ["image_id", *explorer.PATIENT_COLUMNS]
+    for column in explorer.PATIENT_COLUMNS:
+        expected = metadata.loc[patients["image_id"], column].to_numpy()
+        assert pd.Series(patients[column].to_numpy()).equals(pd.Series(expected)), column
+    assert patients["sex"].notna().all() and patients["dx_type"].isin(["histo", "follow_up", "consensus", "confocal"]).all()
+
+
+def test_without_a_metadata_table_the_columns_are_there_and_empty(frame):
+    images = explorer.with_patient(frame[["image_id"]].head(3), None)
+    assert images[list(explorer.PATIENT_COLUMNS)].isna().all().all()
+
+
+def test_the_patient_filter_keeps_exactly_the_matching_images(patients):
+    sites = tuple(patients["localization"].value_counts().index[:2])
+    chosen = explorer.PatientFilter(ages=(40, 60), sexes=("female",), sites=sites, confirmations=("histo",))
+    kept = chosen.apply(patients)
+    assert 0 < len(kept) < len(patients)
+    assert kept["age"].between(40, 60).all() and (kept["sex"] == "female").all()
+    assert kept["localization"].isin(sites).all() and (kept["dx_type"] == "histo").all()
+    matching = [i for i, r in patients.iterrows() if 40 <= r["age"] <= 60 and r["sex"] == "female"
+                and r["localization"] in sites and r["dx_type"] == "histo"]
+    assert sorted(kept["image_id"]) == sorted(patients.loc[matching, "image_id"])
+    assert chosen.describe() == f"age 40–60; female; {', '.join(sites)}; histo"
+
+
+def test_an_empty_patient_filter_keeps_everything_even_unknown_ages(patients):
+    assert explorer.PatientFilter().apply(patients)["image_id"].tolist() == patients["image_id"].tolist()
+    assert explorer.PatientFilter().describe() == ""
+
+
+def test_patient_choices_and_ages_come_from_the_images(patients):
+    choices = explorer.patient_choices(patients)
+    assert set(choices["sex"]) == set(patients["sex"].dropna()) and choices["sex"] == sorted(choices["sex"])
+    assert set(choices["dx_type"]) <= {"histo", "follow_up", "consensus", "confocal"}
+    assert explorer.age_bounds(patients) == (int(patients["age"].min()), int(patients["age"].max()))
+
+
+def test_describe_patient_reads_in_one_line():
+    row = {"age": 45.0, "sex": "female", "localization": "back", "dx_type": "histo"}
+    assert explorer.describe_patient(row) == "45 y · female · back · histology"
+    unknown = {"age": float("nan"), "sex": "unknown", "localization": None, "dx_type": "follow_up"}
+    assert explorer.describe_patient(unknown) == "age unknown · sex unknown · site unknown · follow-up"
