@@ -611,7 +611,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     from derm import similar
     from derm.data import DataNotFoundError
 
-    predictor = _load_predictor(args.weights)
+    predictor = _load_predictor(args.weights, load_gate=False)  # retrieval never asks the domain gate
     if predictor is None:
         return 2
     try:
@@ -717,7 +717,9 @@ def cmd_score_runs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m derm", description=__doc__)
+    # the installed `derm` command (pyproject.toml) names itself so in its usage lines
+    prog = "derm" if Path(sys.argv[0]).name == "derm" else "python -m derm"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs, _add_evaluate_set,
                 _add_fit_gate, _add_gate_check, _add_similar, _add_similar_eval, _add_score_runs):
