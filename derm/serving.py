@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 WORKERS_ENV = "DERM_WORKERS"  # how many inference workers; 0 runs the models in the app's own process
-MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of the models (~0.6 GB with torch)
+MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of the models (~1.5 GB with torch)
 POLL_S = 0.25  # how often a waiting request is told its place
 
 

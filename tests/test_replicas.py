@@ -123,7 +123,9 @@ def get(url: str, key: str | None = None) -> tuple[str, str | None]:
     """(the replica that answered, the sticky key the proxy set) for one request with an optional cookie."""
     request = urllib.request.Request(url, headers={"Cookie": f"derm_replica={key}"} if key else {})
     with urllib.request.urlopen(request, timeout=30) as answer:
-        cookie = SimpleCookie(answer.headers.get("Set-Cookie", ""))
+        cookie = SimpleCookie()
+        for header in answer.headers.get_all("Set-Cookie", []):  # Streamlit sets its own cookies too
+            cookie.load(header)
         return answer.headers["X-Derm-Replica"], cookie["derm_replica"].value if "derm_replica" in cookie else None
 
 
