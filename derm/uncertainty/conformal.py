@@ -205,17 +205,18 @@ def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
         min(int(np.sum(disagree)), int(np.sum(~np.asarray(disagree, dtype=bool)))) >= MIN_GROUP
     disagree = np.asarray(disagree, dtype=bool) if grouped else None
     thresholds, by_agreement, minimum, not_guaranteed = {}, {}, {}, {}
-    floor, group_floor, ceiling = -math.inf, {"agree": -math.inf, "disagree": -math.inf}, np.full(NUM_CLASSES, NO_WIDENING)
+    floor, ceiling = -math.inf, np.full(NUM_CLASSES, NO_WIDENING)
+    group_floor = {"agree": -math.inf, "disagree": -math.inf}  # what each group's images had at the lower levels
     for level in sorted(levels):
         threshold = max(conformal_quantile(true_scores, level), floor)
-        per_image = np.full(len(y), threshold)
-        if grouped and under_covered(int((true_scores[disagree] <= threshold).sum()), int(disagree.sum()), level,
-                                     under_covered_p):
-            groups = {"agree": ~disagree, "disagree": disagree}
-            by_agreement[level] = {g: max(conformal_quantile(true_scores[mask], level), group_floor[g])
-                                   for g, mask in groups.items()}
-            group_floor = by_agreement[level]
-            per_image = np.where(disagree, by_agreement[level]["disagree"], by_agreement[level]["agree"])
+        candidate = {"agree": threshold, "disagree": threshold}
+        if grouped and (by_agreement or under_covered(int((true_scores[disagree] <= threshold).sum()),
+                                                      int(disagree.sum()), level, under_covered_p)):
+            candidate = {"agree": conformal_quantile(true_scores[~disagree], level),
+                         "disagree": conformal_quantile(true_scores[disagree], level)}
+            by_agreement[level] = candidate = {g: max(t, group_floor[g]) for g, t in candidate.items()}
+        group_floor = candidate
+        per_image = np.where(disagree, candidate["disagree"], candidate["agree"]) if grouped else np.full(len(y), threshold)
         base = set_membership(scores, per_image, np.full(NUM_CLASSES, NO_WIDENING), probs)
         covered = base[np.arange(len(y)), y]
         values, unsure = np.full(NUM_CLASSES, NO_WIDENING), []
