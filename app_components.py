@@ -178,11 +178,19 @@ def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Resul
     return remember("similar", (str(predictor.weights_dir), key, len(gallery_), lesion_id), compute)
 
 
-@st.cache_resource(show_spinner=False)
 def inference_pool() -> serving.InferencePool:
     """The inference workers every browser session shares (derm.serving: one single-thread process per
     core, first come first served); started at the first analysis, warmed up on the default weights."""
-    return serving.InferencePool(serving.PoolConfig.from_env(), warm_weights=default_weights_dir(),
+    try:
+        workers = serving.PoolConfig.from_env().workers
+    except ValueError as exc:  # a mistyped $DERM_WORKERS: said on the page, not as a stack trace
+        raise serving.ServingError(str(exc)) from None
+    return _inference_pool(workers)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2, on_release=lambda pool: pool.close())
+def _inference_pool(workers: int) -> serving.InferencePool:
+    return serving.InferencePool(serving.PoolConfig(workers=workers), warm_weights=default_weights_dir(),
                                  in_process=load_predictor)
 
 

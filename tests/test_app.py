@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import AppTestError
 
 from derm import catalog, data, explorer, jobs, runs, similar
 from derm.classes import CLASSES, FULL_NAMES
@@ -278,6 +279,7 @@ def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(ru
 
     refused = GateDecision(False, 0.01, 99.0, "photo", "It looks like an ordinary photo.")
     monkeypatch.setattr(Predictor, "check_domain", lambda self, images: [refused] * len(images))
+    monkeypatch.setenv("DERM_WORKERS", "0")  # the models in this process, where the patch is
     at = start_app()
     at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()
     assert "Not analysed" in texts(at.error)
@@ -300,6 +302,9 @@ def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, t
     build_similar(at)
     cases = similar_case_buttons(at)
     assert len(cases) == 8
+    # a row across the page: inside the image's detail column the 8 buttons were squeezed to "A"
+    detail = next(c for c in at.columns if any(s.label == "Explain class" for s in c.selectbox))
+    assert not [b for b in detail.button if b.key and b.key.startswith("similar_")]
     picked = case_id(cases[0])
     cases[0].click().run()
     assert not at.exception
@@ -331,6 +336,20 @@ def test_the_model_card_page_shows_the_cards_headline_table(runs_dir, tiny_weigh
     assert f"| {expected.iloc[0]['evaluation set']} | {expected.iloc[0]['images']} |" in render(tiny_weights)
 
 
+def test_the_model_card_page_shows_no_none_whole_class_names_and_wrapped_commands(runs_dir):
+    at = start_app("app_pages/model_card.py")
+    tables = [t.value for t in at.table] + [d.value for d in at.dataframe]
+    cells = [v for frame in tables for v in frame.to_numpy().ravel()]
+    assert cells and not [v for v in cells if v is None or v != v or str(v) in ("None", "nan", "NaN")]
+    assert "—" in cells  # the segmenter's temperature and the classifiers' threshold do not apply
+    # long class names sit in static tables, which wrap; interactive grids cut them off at the column edge
+    static = {str(v) for t in at.table for v in t.value.to_numpy().ravel()}
+    assert FULL_NAMES["AKIEC"] in static
+    assert not [d for d in at.dataframe if FULL_NAMES["AKIEC"] in d.value.to_numpy()]
+    [commands] = [c for c in at.code if "derm train" in c.value]
+    assert commands.proto.wrap_lines
+
+
 # ----------------------------------------------------------------------------- explorer
 
 
@@ -359,6 +378,62 @@ def test_explorer_lists_a_clicked_cell_and_opens_an_image(runs_dir, tiny_weights
     # the resnet18 slot averages two networks: its map is the mean of theirs, and the caption says so
     assert any(c.startswith("Grad-CAM of resnet18 (the mean of resnet18 and resnet18_2)") for c in captions(at))
     assert "U-Net lesion outline" in captions(at)
+
+
+def confusion_chart(at: AppTest, model: str):
+    return next(c for c in at.get("plotly_chart") if c.proto.id and c.key == f"confusion_{model}")
+
+
+def test_the_confusion_matrix_fills_its_column_and_a_click_leaves_every_count_readable(runs_dir, tiny_weights):
+    frame = explorer.load_predictions(tiny_weights)
+    at = start_app("app_pages/explorer.py")
+    cells = explorer.confusion_cells(frame, "ensemble")
+    chart = confusion_chart(at, "ensemble")
+    spec = json.loads(chart.proto.spec)
+    assert "width" not in spec["layout"] and spec["layout"]["height"] >= 500  # the width follows the column
+    # the counts are annotations: Plotly dims the text of unselected points, never annotations
+    assert not [t for t in spec["data"] if t.get("text") is not None or "text" in t.get("mode", "")]
+    shown = [a["text"] for a in spec["layout"]["annotations"]]
+    assert shown == [f"<b>{n}</b><br>{r:.0%}" for n, r in zip(cells["count"], cells["rate"])]
+    [clickable] = [t for t in spec["data"] if t["type"] == "scatter"]
+    assert clickable["selected"]["marker"]["opacity"] == clickable["unselected"]["marker"]["opacity"]
+
+    busiest = cells.sort_values("count", kind="stable").iloc[-1]
+    explorer.apply_cell_click(at.session_state, {"selection": {"points": [
+        {"customdata": [busiest["true"], busiest["pred"]]}]}})
+    at.run()
+    spec = json.loads(confusion_chart(at, "ensemble").proto.spec)
+    [outline] = spec["layout"]["shapes"]  # the chosen cell is outlined; the others keep their look
+    assert (outline["x0"] + outline["x1"]) / 2 == CLASSES.index(busiest["pred"])
+    assert (outline["y0"] + outline["y1"]) / 2 == CLASSES.index(busiest["true"])
+    assert [a["text"] for a in spec["layout"]["annotations"]] == shown
+
+
+def test_the_explorers_list_shows_and_filters_by_patient_metadata(runs_dir, tiny_weights, no_dataset):
+    frame = explorer.load_predictions(tiny_weights)
+    table = data.load_table(data.TEST_SUBSET_DIR).set_index("image_id")
+    at = start_app("app_pages/explorer.py")
+    cells = explorer.confusion_cells(frame, "ensemble")
+    busiest = cells.sort_values("count", kind="stable").iloc[-1]
+    at.selectbox(key=explorer.TRUE_KEY).set_value(busiest["true"]).run()
+    at.selectbox(key=explorer.PRED_KEY).set_value(busiest["pred"]).run()
+    listed = [b.key.removeprefix("open_") for b in at.button if b.label == "Open"]
+    patient_lines = [c for c in texts(at.caption).split(" | ") if " y · " in c or "age unknown" in c]
+    assert len(patient_lines) == len(listed) > 0
+    first = table.loc[listed[0]]
+    assert f"{first['age']:.0f} y · {first['sex']} · {first['localization']}" in patient_lines[0]
+
+    in_cell = explorer.images_in_cell(frame, "ensemble", busiest["true"], busiest["pred"])["image_id"]
+    sex = table.loc[in_cell, "sex"].value_counts().index[0]
+    at.multiselect(key="explorer_sex").set_value([sex]).run()
+    assert not at.exception
+    expected = [i for i in in_cell if table.loc[i, "sex"] == sex]
+    assert f"**{len(expected)} of {len(in_cell)} test images of" in texts(at.markdown)
+    listed = [b.key.removeprefix("open_") for b in at.button if b.label == "Open"]
+    assert listed == expected[: len(listed)] and listed and all(table.loc[i, "sex"] == sex for i in listed)
+    shown = next(d.value for d in at.dataframe if "image_id" in d.value.columns)  # "As a table"
+    assert shown["image_id"].tolist() == expected
+    assert set(explorer.PATIENT_COLUMNS) <= set(shown.columns)
 
 
 # ----------------------------------------------------------------------------- training
@@ -394,10 +469,23 @@ def test_out_of_range_settings_start_nothing(runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
-def test_training_without_the_full_dataset_starts_nothing(runs_dir, no_dataset):
-    at = submit_run(start_app("app_pages/training.py"), epochs_classifier=1, limit_classifier=32)
-    assert "Not started: training needs the full HAM10000" in texts(at.error)
+def test_training_without_the_full_dataset_says_so_at_the_form_and_starts_nothing(runs_dir, no_dataset):
+    at = start_app("app_pages/training.py")
+    notice = texts(at.main.warning)  # on the page beside the form, not only in the sidebar
+    assert "Training needs the full HAM10000" in notice and "docs/data.md" in notice
+    assert "doi.org/10.7910/DVN/DBW86T" in notice and "data/ham10000/" in notice
+    start = next(b for b in at.button if b.label == "Check settings and start")
+    assert start.disabled
+    with pytest.raises(AppTestError, match="disabled"):  # AppTest, like a browser, cannot press it
+        start.click()
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_training_with_the_dataset_can_start(runs_dir, data_dir, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(data_dir))
+    at = start_app("app_pages/training.py")
+    assert not next(b for b in at.button if b.label == "Check settings and start").disabled
+    assert "Training needs the full HAM10000" not in texts(at.main.warning)
 
 
 def test_the_segmenter_form_trains_on_the_chosen_pretrained_encoder(runs_dir, data_dir, fixture_split, monkeypatch):
