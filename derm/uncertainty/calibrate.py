@@ -85,14 +85,18 @@ def test_probabilities_from_export(weights_dir: Path, slots: list[str]) -> Split
                               frame["true"].map(CLASS_INDEX).to_numpy(dtype=int), list(frame["image_id"]))
 
 
-def uncertainty_sections(splits: dict[str, SplitProbabilities]) -> tuple[dict, dict]:
-    """(manifest["uncertainty"], metrics["uncertainty"]) from each split's probabilities: the section is
-    fitted on "val" alone; every split given is then reported against it."""
+def uncertainty_sections(ensemble_probs: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                         slot_probs: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[dict, dict]:
+    """(manifest["uncertainty"], metrics["uncertainty"]) from each split's ensemble probabilities (N x 7) and
+    labels, and where given each split's slot probabilities ({slot: N x 7}, the `slots` of
+    Predictor.ensemble: images whose slots disagree may be calibrated apart). The section is fitted on
+    "val" alone; every split given is then reported against it."""
     from derm.uncertainty import fit_uncertainty, uncertainty_report
 
-    val = splits["val"]
-    section = fit_uncertainty(val.probs, val.y, val.slots)
-    return section, {name: uncertainty_report(s.probs, s.y, section, s.slots) for name, s in splits.items()}
+    slot_probs = slot_probs or {}
+    section = fit_uncertainty(ensemble_probs["val"], labels["val"], slot_probs.get("val"))
+    return section, {split: uncertainty_report(p, labels[split], section, slot_probs.get(split))
+                     for split, p in ensemble_probs.items()}
 
 
 def calibrate_weights(weights_dir: Path, data_dir: str | None = None, cache: Path | None = None,
@@ -105,7 +109,8 @@ def calibrate_weights(weights_dir: Path, data_dir: str | None = None, cache: Pat
     test = test_probabilities_from_export(weights_dir, list(predictor.members))
     if test is not None:
         splits["test"] = test
-    section, report = uncertainty_sections(splits)
+    section, report = uncertainty_sections({k: v.probs for k, v in splits.items()}, {k: v.y for k, v in splits.items()},
+                                           {k: v.slots for k, v in splits.items()})
     manifest = json.loads((weights_dir / "manifest.json").read_text())
     manifest["uncertainty"] = section
     (weights_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
