@@ -90,7 +90,10 @@ def print_set_report(report: dict) -> None:
     spec = "n/a" if tri["specificity"] is None else f"{tri['specificity']:.3f}"
     sens = "n/a" if tri["sensitivity"] is None else f"{tri['sensitivity']:.3f}"
     print(f"triage sensitivity={sens} specificity={spec} (malignant {tri['n_malignant']}, benign {tri['n_benign']})")
-    for name, group in report.get("shift", {}).items():
-        if isinstance(group, dict) and "n" in group and group["n"]:
-            print(f"sets {report['shift']['level']:g} where {name.replace('_', ' ')}: n={group['n']} "
-                  f"coverage={group['coverage']:.3f} mean_size={group['mean_size']:.2f}")
+    shift = report.get("shift", {})
+    groups = {name.replace("_", " "): g for name, g in shift.items() if isinstance(g, dict) and "n" in g}
+    groups.update(shift.get("gate", {}))
+    for name, group in groups.items():
+        if group["n"]:
+            print(f"sets {shift['level']:g} where {name}: n={group['n']} coverage={group['coverage']:.3f} "
+                  f"mean_size={group['mean_size']:.2f}")
