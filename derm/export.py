@@ -249,7 +249,7 @@ def export(classifier_runs: dict[str, Path], unet_run: Path | None, out: Path, l
     ensemble_probs = {s: combine_weighted(probs[s], ens["weights"], predictor.prior, ens["prior_correction"])
                       for s in splits}
     # prediction sets and the malignancy triage point: fitted on validation, every split reported (derm.uncertainty)
-    manifest["uncertainty"], metrics["uncertainty"] = uncertainty_sections(ensemble_probs, y)
+    manifest["uncertainty"], metrics["uncertainty"] = uncertainty_sections(ensemble_probs, y, probs)
     for split_name in splits:
         combined = ensemble_probs[split_name]
         metrics["classifiers"][split_name] = {
