@@ -35,7 +35,7 @@ def shift_report(probs: np.ndarray, y: np.ndarray, config: UncertaintyConfig, sl
     disagree = slots_disagree(slot_probs)
     if disagree is None:
         disagree = np.zeros(len(y), dtype=bool)
-    member = config.membership(probs, level, disagree)
+    member = config.conformal.membership(probs, level, disagree)
     report = {"level": level, "slots_agree": group_report(member, y, ~disagree),
               "slots_disagree": group_report(member, y, disagree)}
     if gate_probability is not None and len(gate_probability) == len(y):
