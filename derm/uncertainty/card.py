@@ -40,12 +40,18 @@ def section_lines(manifest: dict, metrics: dict, external: dict | None) -> list[
         return []
     sets, triage = section["sets"], section["triage"]
     widened = {level: sorted(entry.get("widened", {})) for level, entry in sets["levels"].items()}
+    penalty = (f"penalty {sets['penalty']:g} per class beyond the first {sets['k_reg']}" if sets["penalty"]
+               else "no size penalty")
+    grouped = [f"{float(level):.0%}" for level, entry in sets["levels"].items() if entry.get("by_slot_agreement")]
+    apart = (" Images on which the ensemble's slots disagree about the top class were under-covered by one "
+             "threshold for all, so they get thresholds of their own, calibrated on the validation images whose "
+             f"slots disagreed ({', '.join(grouped)}): their sets are wider." if grouped else "")
     lines = ["## How sure: prediction sets and malignancy triage", "",
              "Beside its top class the app gives a **prediction set**: the diagnoses that, together, held the true one "
              "for a chosen share (80%, 90% or 95%) of the HAM10000 validation images. Split conformal prediction "
-             f"calibrated on the {sets['n_calibration']} validation images with an adaptive score (RAPS, penalty "
-             f"{sets['penalty']:g} from rank {sets['k_reg']} on, chosen by the smallest held-out set size): easy images "
-             "get one class, hard ones several. Classes the sets under-covered on validation are added wherever their "
+             f"calibrated on the {sets['n_calibration']} validation images with an adaptive score (RAPS, {penalty}, "
+             f"chosen by the smallest held-out set size): easy images get one class, hard ones several.{apart} "
+             "Classes the sets under-covered on validation are added wherever their "
              "probability reaches a per-class minimum, so each reaches the level by itself ("
              + "; ".join(f"{float(level):.0%}: {', '.join(codes) or 'none'}" for level, codes in widened.items())
              + "). The guarantee needs images like the calibration images; on other clinics' images it is measured "
