@@ -1,15 +1,19 @@
 """Time to a full Diagnose-page result for a 600x450 upload, once the models are loaded.
 
-    python bench/app_latency.py [--weights weights] [--images 20] [--compare OTHER_WEIGHTS]
+    python bench/app_latency.py [--weights weights] [--images 20] [--precision auto|fp32|bf16|both]
+                                [--compare OTHER_WEIGHTS]
 
 One result = decode the upload + ensemble (every member network, with the manifest's TTA) + U-Net mask
 + lesion measurements + warnings + domain gate + Grad-CAM for the top class + the similar confirmed
 cases (the embedding from the classification's own pass, one matrix product over the gallery: HAM10000
-train, or the shipped test split; built or read from the cache before timing). Prints retrieval's share. Measured with bf16
-autocast + channels_last and with plain fp32, interleaved image by image (the app uses bf16 only on
-CPUs with native bf16, derm.precision); prints medians, the ratio and the domain gate's share.
---compare times another weights folder (e.g. the previous release) interleaved with these, in the
-precision the app uses here, and prints the ratio of the two.
+train, or the shipped test split; built or read once, before timing, and shared by every precision).
+Prints retrieval's share. By default only what the app uses on this CPU is timed: bf16 autocast +
+channels_last where bf16 is native, plain fp32 elsewhere (derm.precision); --precision both also times
+the other one where bf16 is native, interleaved image by image, and prints their ratio (bf16 is never
+timed where it is emulated: there it is ~5x slower and the app never uses it). Prints medians, one line
+per precision (`<precision>: ... total N ms`) and the domain gate's share. --compare times another
+weights folder (e.g. the previous release) interleaved with these, in the first precision timed, and
+prints the ratio of the two.
 """
 
 from __future__ import annotations
@@ -46,19 +50,38 @@ def full_result(predictor: Predictor, payload: bytes, gallery: similar.Gallery,
             "similar": t4 - t3, "total": t4 - t0}
 
 
+def precisions(asked: str, app: str) -> list[str]:
+    """The precisions to time: the app's own unless asked otherwise; never an emulated bf16."""
+    if asked == "auto":
+        return [app]
+    wanted = ["bf16", "fp32"] if asked == "both" else [asked]
+    if "bf16" in wanted and app != "bf16":
+        sys.exit("bench/app_latency.py: bf16 is emulated on this CPU (about 5x slower than fp32; the app uses "
+                 "fp32 here): time fp32, the default")
+    return wanted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the app uses 1, see app_components)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "both"], default="auto",
+                        help="auto: what the app uses on this CPU (bf16 where native, else fp32); both: bf16 and "
+                             "fp32 where bf16 is native")
     parser.add_argument("--compare", default=None, help="another weights folder, timed interleaved with --weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    app = "bf16" if cpu_has_fast_bf16() else "fp32"
+    timed = precisions(args.precision, app)
     uploads = [p.read_bytes() for p in sorted((resolve_data_dir() / "originals").glob("*.jpg"))[:args.images]]
-    predictors = {"bf16": Predictor(args.weights, bf16=True), "fp32": Predictor(args.weights, bf16=False)}
+    predictors = {name: Predictor(args.weights, bf16=name == "bf16") for name in timed}
     if args.compare:
-        predictors["compare"] = Predictor(args.compare, bf16=cpu_has_fast_bf16())
-    galleries = {name: similar.build_gallery(p, progress=similar.tqdm_progress("gallery")) for name, p in predictors.items()}
+        predictors["compare"] = Predictor(args.compare, bf16=timed[0] == "bf16")
+    shared = similar.build_gallery(predictors[timed[0]], progress=similar.tqdm_progress("gallery"))  # once per weights
+    galleries = {name: shared for name in timed}
+    if args.compare:
+        galleries["compare"] = similar.build_gallery(predictors["compare"], progress=similar.tqdm_progress("gallery"))
     configs = {name: similar.SimilarConfig.from_weights(p.weights_dir) for name, p in predictors.items()}
     for name, predictor in predictors.items():  # warm-up
         full_result(predictor, uploads[0], galleries[name], configs[name])
@@ -70,12 +93,14 @@ def main() -> None:
     for name, records in times.items():
         medians[name] = {k: statistics.median(r[k] for r in records) for k in records[0]}
         print(f"{name}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians[name].items()))
-    app = "bf16" if cpu_has_fast_bf16() else "fp32"
-    print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x "
-          f"(the app uses {app} on this CPU: derm.precision)")
+    if len(timed) == 2:
+        print(f"fp32 / bf16 total time: {medians['fp32']['total'] / medians['bf16']['total']:.2f}x "
+              f"(the app uses {app} on this CPU: derm.precision)")
+    else:
+        print(f"the app uses {app} on this CPU (derm.precision): only {app} was timed")
     if args.compare:
-        print(f"{args.weights or 'weights'} / {args.compare} total time, {app}: "
-              f"{medians[app]['total'] / medians['compare']['total']:.2f}x")
+        print(f"{args.weights or 'weights'} / {args.compare} total time, {timed[0]}: "
+              f"{medians[timed[0]]['total'] / medians['compare']['total']:.2f}x")
     for name, m in medians.items():
         print(f"{name}: the domain gate is {m['gate'] / m['total']:.1%} of the total "
               f"(a full result takes {m['total'] / (m['total'] - m['gate']):.3f}x as long as without it)")

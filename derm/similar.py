@@ -5,27 +5,30 @@ is about as accurate as its softmax and shows *why* an answer may be right or wr
 Br J Dermatol 2019). Readers are helped most by the probabilities themselves (Tschandl et al., Nat Med
 2020), so the cases are shown beside the probabilities, never instead of them.
 
-Embedding: the global-average-pooled features (the input to `fc`) of every member network of the
-shipped ensemble (ResNet18 x 2, ResNet50 x 2), each L2-normalised, concatenated and divided by
+Embedding: the global-average-pooled features (the input to `fc`) of the ensemble's four ResNets
+(RETRIEVAL_NETWORKS: ResNet18 x 2, ResNet50 x 2; other members, such as an EfficientNet, are left out so
+that a gallery stays valid when they change), each L2-normalised, concatenated and divided by
 sqrt(number of networks). Every network then weighs the same whatever its width (512 vs 2048), the
 cosine of two embeddings is the mean of the networks' own cosines, and the features come from the
 forward pass the classification already runs (identity view; Predictor.analyse keeps them), so a
 query costs one matrix product. Pooled ReLU features share a large common component (raw cosines all
-lie between about 0.9 and 1), so each network's block is centred on the gallery's mean block and
+lie between about 0.9 and 1), so each network's block is centred on a reference set's mean block and
 renormalised before the cosine: on HAM10000 val (gallery: train) that raised the vote's balanced
 accuracy at its best k from 0.649 to 0.697 (macro AUC 0.903 -> 0.894, precision@8 0.773 -> 0.766).
+The centred embeddings are then projected on the reference set's first principal axes and
+renormalised (RetrievalSpace): 5,120 numbers per case become a few dozen, which is what lets a gallery
+ship inside weights/ (derm.shipped_gallery, where the reference set and the numbers are).
 
 Gallery: the confirmed HAM10000 cases the models trained on (the train split) when the full dataset is
-present, else the test split shipped in data/ham10000-test. Its embeddings are computed once per
-weights version and gallery file list and cached in derm.data.cache_dir() (never in git).
+present, else the test split shipped in data/ham10000-test, whose embeddings ship with the weights
+(weights/similar_gallery.npz). Others are computed once per weights version and gallery file list and
+cached in derm.data.cache_dir() (never in git).
 
 Exclusions, so that a dataset image does not just find itself: its own lesion (same lesion_id), any
 gallery image with the same pixels at the models' input, and any gallery image more similar than the
 near-duplicate threshold (chosen on HAM10000 val and the dataset's full-size originals by
 `python -m derm similar-eval`, kept in weights/similar.json; derm.similar_eval says how).
 
-The gallery of the shipped test split (1,002 images) is embedded at first use rather than shipped: as
-fp16 it would be 10 MB, and weights/ must stay under 150 MiB.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from derm.imageio import load_image
 from derm.pipeline import Predictor, classifier_input
 
 EMBEDDING_VERSION = "pooled-l2-concat-v1"  # change when the embedding's definition changes: new caches
+RETRIEVAL_NETWORKS = ("resnet18", "resnet18_2", "resnet50", "resnet50_2")  # whose features the embedding holds
 REPORT_FILE = "similar.json"
 GALLERY_LIMIT_ENV = "DERM_GALLERY_LIMIT"  # at most this many gallery images (quick checks, tests)
 Progress = Callable[[int, int], None]  # (done, total)
@@ -71,12 +75,31 @@ class SimilarConfig:
         if not path.is_file():
             return cls()
         chosen = json.loads(path.read_text())
-        if chosen.get("weights") != weights_fingerprint(weights_dir):
-            return cls()  # chosen for other weights: their similarities mean something else
+        if chosen.get("weights") != weights_fingerprint(weights_dir) or chosen.get("space") != _shipped_space_id(weights_dir):
+            return cls()  # chosen for other weights or another retrieval space: their similarities mean something else
         return cls(k=int(chosen["k"]), duplicate_threshold=float(chosen["duplicate_threshold"]["value"]))
 
 
 # ----------------------------------------------------------------------------- embeddings
+
+
+def _shipped_space_id(weights_dir: Path) -> str | None:
+    from derm.shipped_gallery import shipped_space_id  # that module builds on this one
+
+    return shipped_space_id(Path(weights_dir))
+
+
+def retrieval_networks(manifest: dict) -> tuple[str, ...]:
+    """The networks whose features the embedding holds: RETRIEVAL_NETWORKS present in these weights
+    (weights without any of them: every classifier)."""
+    models = manifest["models"]
+    named = tuple(n for n in RETRIEVAL_NETWORKS if n in models)
+    return named or tuple(n for n, entry in models.items() if entry["arch"] != "unet")
+
+
+def retrieval_features(predictor: Predictor, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The retrieval networks' share of every classifier's features (Result.features holds them all)."""
+    return {n: features[n] for n in retrieval_networks(predictor.manifest)}
 
 
 def embedding(features: dict[str, np.ndarray]) -> np.ndarray:
@@ -94,7 +117,7 @@ def pixel_hash(rgb: np.ndarray, input_hw: tuple[int, int]) -> str:
 
 
 def input_hw(predictor: Predictor) -> tuple[int, int]:
-    return next(iter(predictor.classifiers.values())).input_hw
+    return predictor.classifiers[retrieval_networks(predictor.manifest)[0]].input_hw
 
 
 @lru_cache(maxsize=64)
@@ -107,13 +130,13 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def weights_fingerprint(weights_dir: Path) -> str:
-    """Short hash of the classifier weight files (their contents) and how they are used (manifest)."""
+    """Short hash of the retrieval networks' weight files (their contents) and how they are used
+    (manifest): a gallery's embeddings hold while it is unchanged, whatever else the ensemble holds."""
     weights_dir = Path(weights_dir)
     manifest = json.loads((weights_dir / "manifest.json").read_text())
     digest = hashlib.sha256(EMBEDDING_VERSION.encode())
-    for name, entry in sorted(manifest["models"].items()):
-        if entry["arch"] == "unet":
-            continue
+    for name in sorted(retrieval_networks(manifest)):
+        entry = manifest["models"][name]
         path = weights_dir / entry["file"]
         st = path.stat()
         digest.update(f"{name}:{_file_sha256(str(path), st.st_size, st.st_mtime_ns)}:{entry['input_hw']}:"
@@ -140,10 +163,23 @@ class Embedded:
     probabilities: np.ndarray | None = None  # N x 7 ensemble probabilities
 
 
+def ensemble_fingerprint(weights_dir: Path) -> str:
+    """Short hash of every classifier file and of the manifest: what the ensemble's probabilities depend on."""
+    weights_dir = Path(weights_dir)
+    manifest = json.loads((weights_dir / "manifest.json").read_text())
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
+    for entry in manifest["models"].values():
+        st = (weights_dir / entry["file"]).stat()
+        digest.update(_file_sha256(str(weights_dir / entry["file"]), st.st_size, st.st_mtime_ns).encode())
+    return digest.hexdigest()[:16]
+
+
 def cache_path(predictor: Predictor, paths: list[str], with_probabilities: bool = False) -> Path:
-    """Where embed_images keeps these images' embeddings for these weights."""
-    key = hashlib.sha1(f"{weights_fingerprint(predictor.weights_dir)}:{files_fingerprint(paths)}:"
-                       f"{with_probabilities}".encode()).hexdigest()[:16]
+    """Where embed_images keeps these images' embeddings (and probabilities) for these weights."""
+    weights = weights_fingerprint(predictor.weights_dir)
+    if with_probabilities:
+        weights += ":" + ensemble_fingerprint(predictor.weights_dir)
+    key = hashlib.sha1(f"{weights}:{files_fingerprint(paths)}:{with_probabilities}".encode()).hexdigest()[:16]
     return data.cache_dir() / f"similar_{len(paths)}_{key}.npz"
 
 
@@ -151,8 +187,9 @@ def embed_images(predictor: Predictor, paths: list[str], with_probabilities: boo
                  progress: Progress | None = None, batch_size: int = 32, use_cache: bool = True) -> Embedded:
     """Embed image files in batches, cached per weights version and file list (fp16 on disk).
 
-    Without probabilities only the identity view runs (no TTA): a gallery needs features alone. With
-    them, each batch goes through the ensemble as the app runs it and the features come from that pass.
+    Without probabilities only the identity view of the retrieval networks runs (no TTA): a gallery
+    needs their features alone. With them, each batch goes through the ensemble as the app runs it and
+    the features come from that pass.
     """
     target = cache_path(predictor, paths, with_probabilities)
     if use_cache and target.is_file():
@@ -167,8 +204,9 @@ def embed_images(predictor: Predictor, paths: list[str], with_probabilities: boo
         if with_probabilities:
             features: dict[str, np.ndarray] = {}
             probabilities.append(predictor.ensemble(predictor.model_probabilities(images, features))[0])
+            features = retrieval_features(predictor, features)
         else:
-            features = predictor.model_features(images)
+            features = predictor.model_features(images, retrieval_networks(predictor.manifest))
         embeddings.append(embedding(features))
         if progress is not None:
             progress(min(start + batch_size, len(paths)), len(paths))
@@ -187,7 +225,7 @@ def embed_images(predictor: Predictor, paths: list[str], with_probabilities: boo
 
 
 def centre(embeddings: np.ndarray, mean: np.ndarray, blocks: tuple[int, ...]) -> np.ndarray:
-    """Each network's block minus the gallery's mean block, renormalised, over sqrt(networks)."""
+    """Each network's block minus a reference set's mean block, renormalised, over sqrt(networks)."""
     embeddings = np.asarray(embeddings, dtype=np.float32).reshape(-1, sum(blocks))
     parts, start = [], 0
     for width in blocks:
@@ -197,36 +235,73 @@ def centre(embeddings: np.ndarray, mean: np.ndarray, blocks: tuple[int, ...]) ->
     return np.concatenate(parts, axis=1) / np.sqrt(len(blocks))
 
 
+@dataclass(frozen=True, eq=False)
+class RetrievalSpace:
+    """Where similarities are measured (see the module doc): each network's block of a raw embedding
+    centred on a reference set's mean block and renormalised, then its coordinates on the reference
+    set's first principal axes, renormalised. A case's similarity to a query is their cosine there."""
+
+    mean: np.ndarray  # D: the reference set's mean raw embedding
+    blocks: tuple[int, ...]  # each network's width in the raw embedding
+    axes: np.ndarray | None = None  # d x D unit rows: the centred reference set's first principal axes; None: all D
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, blocks: tuple[int, ...], dims: int) -> "RetrievalSpace":
+        """The space of a reference set's raw embeddings (N x D), its axes rounded to fp16 as stored."""
+        raw = np.asarray(raw, dtype=np.float32)
+        mean = raw.mean(axis=0)
+        # the axes that keep most of the centred embeddings' energy (SVD without a second centring): the
+        # ones that keep their dot products, hence the cosines, best
+        _, _, vt = np.linalg.svd(centre(raw, mean, blocks), full_matrices=False)
+        return cls(mean, tuple(int(b) for b in blocks), vt[:dims].astype(np.float16).astype(np.float32))
+
+    @property
+    def dims(self) -> int:
+        return sum(self.blocks) if self.axes is None else len(self.axes)
+
+    @property
+    def id(self) -> str:
+        """Short hash of the space: k and the threshold chosen in one space hold in that space only."""
+        digest = hashlib.sha1(np.ascontiguousarray(self.mean, dtype=np.float32).tobytes())
+        digest.update(str(self.blocks).encode())
+        if self.axes is not None:
+            digest.update(np.ascontiguousarray(self.axes, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:16]
+
+    def map(self, raw: np.ndarray) -> np.ndarray:
+        """Raw embeddings (N x D) as unit rows in this space (N x dims)."""
+        centred = centre(raw, self.mean, self.blocks)
+        if self.axes is None:
+            return centred
+        reduced = centred @ self.axes.T
+        return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+
+
 @dataclass
 class Gallery:
-    """Confirmed cases and their embeddings (in search space: centred when `mean` is set): table rows
-    (image_id, lesion_id, label, dx_type, image_path) in the order of the embedding rows."""
+    """Confirmed cases and their embeddings in the search space (`space`; None: raw embeddings compared
+    as they are): table rows (image_id, lesion_id, label, dx_type, image_path) in the order of the rows."""
 
     table: pd.DataFrame
     embeddings: np.ndarray
     hashes: np.ndarray
     description: str
-    mean: np.ndarray | None = None  # the gallery's mean raw embedding; None: no centring
-    blocks: tuple[int, ...] = ()  # each network's width in the embedding
-
-    @classmethod
-    def centred_on_itself(cls, table: pd.DataFrame, raw: np.ndarray, hashes: np.ndarray, description: str,
-                          blocks: tuple[int, ...]) -> "Gallery":
-        mean = raw.mean(axis=0)
-        return cls(table, centre(raw, mean, blocks), hashes, description, mean, blocks)
+    space: RetrievalSpace | None = None
 
     def project(self, queries: np.ndarray) -> np.ndarray:
         """Raw query embeddings (Q x D) into the gallery's search space."""
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.embeddings.shape[1])
-        return queries if self.mean is None else centre(queries, self.mean, self.blocks)
+        queries = np.asarray(queries, dtype=np.float32)
+        if self.space is None:
+            return queries.reshape(-1, self.embeddings.shape[1])
+        return self.space.map(queries.reshape(-1, sum(self.space.blocks)))
 
     def __len__(self) -> int:
         return len(self.table)
 
 
 def blocks_of(predictor: Predictor) -> tuple[int, ...]:
-    """Each classifier's pooled width, in the embedding's (name) order."""
-    return tuple(predictor.classifiers[n].model.fc.in_features for n in sorted(predictor.classifiers))
+    """Each retrieval network's pooled width, in the embedding's (name) order."""
+    return tuple(predictor.classifiers[n].model.fc.in_features for n in sorted(retrieval_networks(predictor.manifest)))
 
 
 def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) -> tuple[pd.DataFrame, str]:
@@ -246,18 +321,29 @@ def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) ->
 
 def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, limit: int = 0,
                   progress: Progress | None = None) -> Gallery:
-    """The gallery for these weights, from the cache when it was built before."""
+    """The gallery for these weights in their retrieval space: the shipped test split straight from
+    weights/similar_gallery.npz; any other from the embedding cache, or embedded now (`progress`)."""
+    from derm import shipped_gallery  # that module builds on this one
+
     source = source or data.image_source()
     table, description = gallery_table(source, predictor.weights_dir / "split.csv", limit)
+    reference = shipped_gallery.reference_for(predictor, limit, progress)
+    rows = None if source.complete else reference.rows_for(table)
+    if rows is not None:
+        return Gallery(table, reference.embeddings[rows], reference.hashes[rows], description, reference.space)
     embedded = embed_images(predictor, list(table["image_path"]), progress=progress)
-    return Gallery.centred_on_itself(table, embedded.embeddings, embedded.hashes, description, blocks_of(predictor))
+    return Gallery(table, reference.space.map(embedded.embeddings), embedded.hashes, description, reference.space)
 
 
 def gallery_is_cached(predictor: Predictor, source: data.ImageSource | None = None) -> bool:
-    """True when build_gallery will only read its cache (no embedding to wait for)."""
+    """True when build_gallery will only read files (no embedding to wait for)."""
+    from derm import shipped_gallery
+
     source = source or data.image_source()
+    if not shipped_gallery.reference_is_ready(predictor):
+        return False
     table, _ = gallery_table(source, predictor.weights_dir / "split.csv")
-    return cache_path(predictor, list(table["image_path"])).is_file()
+    return not source.complete or cache_path(predictor, list(table["image_path"])).is_file()
 
 
 def gallery_size(source: data.ImageSource, split_path: Path) -> int:
@@ -277,10 +363,11 @@ class Query:
 
 
 def similarities(gallery: Gallery, queries: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each query with every gallery case: one matrix product (Q x N).
+    """Cosine similarity of each query with every gallery case in the retrieval space: one matrix
+    product (Q x N).
 
-    Exact and fast enough here (10,000 x 5,120 floats: ~10 ms per query on one core); for millions of
-    cases an approximate index (faiss, e.g. IVF or HNSW) would take over.
+    Exact and fast enough here (10,000 cases x a few dozen dimensions: well under a millisecond per
+    query); for millions of cases an approximate index (faiss, e.g. IVF or HNSW) would take over.
     """
     return gallery.project(queries) @ gallery.embeddings.T
 
@@ -359,7 +446,9 @@ def query_for(predictor: Predictor, rgb: np.ndarray, features: dict[str, np.ndar
               lesion_id: str | None = None) -> Query:
     """A Query from an image, with the pooled features of its analysis (Result.features) when at hand,
     else from the identity-view features."""
-    features = features if features is not None else {n: f[0] for n, f in predictor.model_features([rgb]).items()}
+    names = retrieval_networks(predictor.manifest)
+    features = ({n: features[n] for n in names} if features is not None else
+                {n: f[0] for n, f in predictor.model_features([rgb], names).items()})
     return Query(embedding(features)[0], pixel_hash(rgb, input_hw(predictor)), lesion_id)
 
 

@@ -168,6 +168,8 @@ def evaluate(predictor: Predictor, data_dir: str | None = None, derm7pt: Path = 
         "n": len(own), "min": round(float(own.min()), 4), "median": round(float(np.median(own)), 4)}
     k, by_k = choose_k(sets["HAM10000 val"], embedded["HAM10000 val"], gallery, threshold["value"])
     return {"command": command, "weights": weights_fingerprint(predictor.weights_dir),
+            "space": gallery.space.id if gallery.space else None,
+            "dimensions": gallery.space.dims if gallery.space else gallery.embeddings.shape[1],
             "code_version": predictor.manifest.get("code_version"), "gallery": {"name": gallery.description,
                                                                                   "n": len(gallery)},
             "k": k, "k_on_val": {str(c): round(v, 4) for c, v in by_k.items()}, "duplicate_threshold": threshold,
@@ -176,6 +178,14 @@ def evaluate(predictor: Predictor, data_dir: str | None = None, derm7pt: Path = 
 
 def write(report: dict, out: Path) -> None:
     out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+def space_words(report: dict) -> str:
+    """How the features were compared, in the card's words."""
+    if not report.get("space"):
+        return "centred on the gallery"
+    return (f"the four ResNets' features, centred and reduced to {report['dimensions']} principal axes fitted on "
+            "the shipped test split's features without their labels")
 
 
 def card_lines(weights_dir: Path) -> list[str]:
@@ -187,7 +197,7 @@ def card_lines(weights_dir: Path) -> list[str]:
     thr = rep["duplicate_threshold"]
     orig = thr.get("originals_self_similarity")
     lines = ["## Similar confirmed cases", "",
-             f"Retrieval with the ensemble's own pooled features (centred on the gallery, cosine; gallery: "
+             f"Retrieval with the ensemble's own pooled features ({space_words(rep)}, cosine; gallery: "
              f"{rep['gallery']['name']}, {rep['gallery']['n']} images): the similarity-weighted vote of the k = "
              f"{rep['k']} most similar cases, beside the ensemble's softmax on the same images. k and the centring "
              "were chosen on HAM10000 val, so its k-NN numbers are optimistic; test and derm7pt are not.",
