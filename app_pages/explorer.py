@@ -165,7 +165,7 @@ def patient_filter(patients: pd.DataFrame) -> explorer.PatientFilter:
     holds; they keep their choice from cell to cell."""
     choices = explorer.patient_choices(patients)
     bounds = explorer.age_bounds(patients)
-    age, sex, site, how = st.columns([3, 2, 3, 3])
+    age, sex, site, how = st.columns([2, 2, 3, 3])
     ages = age.slider("Age", *bounds, value=bounds, step=5, key="explorer_age") if bounds else None
     sexes = sex.multiselect("Sex", choices["sex"], key="explorer_sex", placeholder="any")
     sites = site.multiselect("Body site", choices["localization"], key="explorer_site", placeholder="any")

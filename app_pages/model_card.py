@@ -11,7 +11,15 @@ from derm import explorer, modelcard, report
 from derm.classes import CLASSES
 from derm.data import REPO_ROOT
 
-SCORE_FORMAT = st.column_config.NumberColumn(format="%.3f")
+SCORE = "{:.3f}"
+RATE = "{:.2f}"
+HOW_MADE = ("best epoch", "epochs", "training minutes", "run", "code version")
+
+
+def show_table(frame, formats: dict[str, str] | None = None, where=st) -> None:
+    """A static table that wraps long cells (full class names, run names) instead of cutting them off,
+    with an em dash where a value was not measured or does not apply."""
+    where.table(report.for_display(frame, formats), hide_index=True, border="horizontal")
 
 
 def confusion_heatmap(matrix: list[list[int]], title: str) -> go.Figure:
@@ -36,39 +44,41 @@ def show_results(metrics: dict) -> None:
         table = report.summary_table(metrics, split)
         if not table.empty:
             st.markdown(f"**{label}**")
-            st.dataframe(table, hide_index=True, column_config={c: SCORE_FORMAT for c in table.columns[2:]})
+            show_table(table, {c: SCORE for c in table.columns[2:]})
     test_reports = metrics.get("classifiers", {}).get("test", {})
     if test_reports:
         st.markdown("**Per class, test split**")
         names = sorted(test_reports, key=lambda n: (n != "ensemble", n))
         for tab, name in zip(st.tabs(names), names):
             left, right = tab.columns([3, 2])
-            left.dataframe(report.per_class_table(test_reports[name]), hide_index=True,
-                           column_config={c: st.column_config.NumberColumn(format="%.2f")
-                                          for c in ("precision", "recall", "f1", "auc")})
+            show_table(report.per_class_table(test_reports[name]),
+                       {c: RATE for c in ("precision", "recall", "f1", "auc")}, where=left)
             right.plotly_chart(confusion_heatmap(test_reports[name]["confusion_matrix"], f"{name}: confusion matrix"),
                                key=f"card_cm_{name}")
     segmenter = report.segmenter_table(metrics)
     if not segmenter.empty:
         st.markdown("**Lesion segmentation (U-Net), scored at the masks' full 600x450**")
-        st.dataframe(segmenter, hide_index=True, column_config={c: SCORE_FORMAT for c in segmenter.columns[2:]})
+        show_table(segmenter, {c: SCORE for c in segmenter.columns[2:]})
 
 
 def show_manifest(manifest: dict) -> None:
     st.header("The models")
-    st.dataframe(report.models_table(manifest), hide_index=True)
+    models = report.models_table(manifest)
+    made = [c for c in models.columns if c in HOW_MADE]  # a second table: one of 13 columns would not fit
+    show_table(models.drop(columns=made), {"temperature": "{:.3f}", "threshold": RATE})
+    st.markdown("**How each was trained**")
+    show_table(models[["model", *made]])
     ensemble = manifest.get("ensemble", {})
     st.markdown(f"**Ensemble routing** (prior correction τ = {ensemble.get('prior_correction', 0)}): each class's "
                 "score comes from one model, chosen by class frequency and checked on validation AUC.")
-    st.dataframe(report.routing_table(manifest), hide_index=True,
-                 column_config={"share": st.column_config.NumberColumn(format="percent")})
+    show_table(report.routing_table(manifest), {"share": "{:.1%}"})
     ood = ensemble.get("ood")
     if ood:
         st.caption(f"Out-of-distribution warning: {ood['model']} energy below {ood['energy_threshold']} "
                    f"({ood.get('rule', '')}).")
     st.markdown("**Training commands**")
     st.code("\n".join(entry["training"]["command"] for entry in manifest.get("models", {}).values()
-                      if "training" in entry) or "(not recorded)", language="bash")
+                      if "training" in entry) or "(not recorded)", language="bash", wrap_lines=True)
 
 
 def show_data(metrics: dict) -> None:

@@ -32,9 +32,9 @@ POLL_SECONDS = 2
 # ----------------------------------------------------------------------------- a new run
 
 
-def form_config(task: str, arch: str | None) -> tuple[TrainConfig, str, bool]:
+def form_config(task: str, arch: str | None, can_start: bool = True) -> tuple[TrainConfig, str, bool]:
     """The settings form; returns (config, run name, submitted). Widget keys carry the task so
-    switching task shows that task's defaults."""
+    switching task shows that task's defaults; the start button is disabled unless can_start."""
     defaults = TrainConfig.for_task(task, arch)
     with st.form("new_run"):
         row = st.columns(4)
@@ -62,7 +62,8 @@ def form_config(task: str, arch: str | None) -> tuple[TrainConfig, str, bool]:
                                   key=f"colour_{task}", help="shades_of_gray divides out each image's illuminant, in "
                                   "training and in the app: for images from other cameras (the shipped classifiers use it)")
         name = st.text_input("Run name (optional)", key=f"name_{task}", placeholder=defaults.arch)
-        submitted = st.form_submit_button("Check settings and start", type="primary", icon=":material/play_arrow:")
+        submitted = st.form_submit_button("Check settings and start", type="primary", icon=":material/play_arrow:",
+                                          disabled=not can_start)
     config = TrainConfig.for_task(task, arch, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                                   limit=int(limit), height=int(height), width=int(width), sampling=sampling,
                                   augment=augment, colour=colour, encoder=encoder)
@@ -90,10 +91,27 @@ def start_run(config: TrainConfig, name: str) -> Path | None:
     return run_dir
 
 
+def dataset_is_here() -> bool:
+    """Whether the full HAM10000 that training reads is found; where it is not, says so and how to get it."""
+    try:
+        data.resolve_data_dir()
+    except data.DataNotFoundError:
+        st.warning(
+            "**Training needs the full HAM10000 (10,015 images), and it is not here**, so starting a run is "
+            f"disabled. derm looked in `{data.default_data_dir()}`. Download the images, metadata and lesion "
+            "masks from the [Harvard Dataverse](https://doi.org/10.7910/DVN/DBW86T) (licence CC BY-NC 4.0), "
+            "put them in `data/ham10000/` inside this folder (or point `$DERM_DATA` at them) and reload this "
+            "page: `docs/data.md` describes the layout. Every other page works without it, on the test split "
+            "shipped with derm.", icon=":material/dataset:")
+        return False
+    return True
+
+
 def new_run_section() -> None:
     st.subheader("New run")
+    can_start = dataset_is_here()
     task, arch = TASKS[st.selectbox("Task", list(TASKS), key="train_task")]
-    config, name, submitted = form_config(task, arch)
+    config, name, submitted = form_config(task, arch, can_start)
     if submitted:
         run_dir = start_run(config, name)
         if run_dir is not None:

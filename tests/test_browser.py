@@ -219,6 +219,8 @@ def test_the_explorer_shows_a_clicked_cells_images_in_a_real_browser(app_url, ti
         page.get_by_role("heading", name="Test-set explorer").wait_for(timeout=WAIT_MS)
         markers = page.locator(".scatterlayer .trace .points path")
         markers.nth(busiest).wait_for(timeout=WAIT_MS)
+        matrix = page.locator(".js-plotly-plot").first.bounding_box()
+        assert matrix["width"] >= 450 and matrix["height"] >= 450  # once ~230 px wide in a wide column
         markers.nth(busiest).click(force=True)
         true, pred = cells["true"].iloc[busiest], cells["pred"].iloc[busiest]
         page.get_by_text(f"test images of {explorer_name(true)}").wait_for(timeout=WAIT_MS)
