@@ -69,8 +69,9 @@ def show_manifest(manifest: dict) -> None:
     st.markdown("**How each was trained**")
     show_table(models[["model", *made]])
     ensemble = manifest.get("ensemble", {})
-    st.markdown(f"**Ensemble routing** (prior correction τ = {ensemble.get('prior_correction', 0)}): each class's "
-                "score comes from one model, chosen by class frequency and checked on validation AUC.")
+    st.markdown(f"**How the slots combine** (prior correction τ = {ensemble.get('prior_correction', 0)}): each "
+                "class's score is a weighted mix of the slots' scores ('weights'; 'model' carries the most), chosen "
+                "by cross-validation inside the validation split; the model card below has the candidates' scores.")
     show_table(report.routing_table(manifest), {"share": "{:.1%}"})
     ood = ensemble.get("ood")
     if ood:
