@@ -229,11 +229,20 @@ def test_predict_csv_columns_parse_and_follow_the_section(weights_with_sets, dat
         assert nested[0] <= nested[1] <= nested[2]
 
 
-def test_predict_on_weights_without_a_section_leaves_the_columns_empty(tiny_weights, data_dir):
+@pytest.fixture(scope="module")
+def weights_without_sets(tiny_weights, tmp_path_factory) -> Path:
+    """The tiny weights as exported before the uncertainty section existed."""
+    out = tmp_path_factory.mktemp("no-uncertainty") / "weights"
+    shutil.copytree(tiny_weights, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.pop("uncertainty", None)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_predict_on_weights_without_a_section_leaves_the_columns_empty(weights_without_sets, data_dir):
     image = sorted((data_dir / "images").glob("*.jpg"))[0]
-    done = run_cli("predict", image, "--weights", tiny_weights, "--format", "json")
-    if "uncertainty" in json.loads((tiny_weights / "manifest.json").read_text()):
-        pytest.skip("the export already writes the uncertainty section")
+    done = run_cli("predict", image, "--weights", weights_without_sets, "--format", "json")
     assert done.returncode == 0 and "no uncertainty section" in done.stderr
     (row,) = json.loads(done.stdout)
     assert row["prediction_set"] is None and row["malignancy_flag"] is None
@@ -244,7 +253,7 @@ def test_evaluate_set_reports_coverage_set_sizes_and_triage(weights_with_sets, d
     from derm.pipeline import Predictor
 
     table = pd.read_csv(data_dir / "HAM10000_metadata.csv").head(24)
-    labels = pd.DataFrame({"image_id": table["image_id"], "dx": table["dx"]})
+    labels = pd.DataFrame({"image_id": table["image_id"], "dx": table["dx"].str.upper()})
     result, frame = external.evaluate_classification(Predictor(weights_with_sets), data_dir / "images", labels,
                                                      progress=False)
     report = result["uncertainty"]
@@ -297,12 +306,10 @@ def test_the_diagnose_page_shows_the_set_at_the_chosen_level_and_the_triage(weig
     assert f"{config.triage.val_sensitivity:.0%}" in triage
 
 
-def test_the_diagnose_page_without_a_section_shows_no_set(tiny_weights, monkeypatch, tmp_path):
-    if "uncertainty" in json.loads((tiny_weights / "manifest.json").read_text()):
-        pytest.skip("the export already writes the uncertainty section")
+def test_the_diagnose_page_without_a_section_shows_no_set(weights_without_sets, monkeypatch, tmp_path):
     from derm import catalog
 
-    at = start_app(tiny_weights, monkeypatch, tmp_path)
+    at = start_app(weights_without_sets, monkeypatch, tmp_path)
     at.button(key=f"example_{catalog.EXAMPLES['NV']}").click().run()
     assert not at.exception and at.subheader and "Prediction set" not in markdown(at)
 
@@ -314,8 +321,8 @@ def test_the_explorer_shows_test_coverage_and_the_images_whose_set_missed(weight
     metrics = {m.label: m.value for m in at.metric}
     frame = pd.read_csv(weights_with_sets / "test_predictions.csv")
     config = UncertaintyConfig.from_manifest(json.loads((weights_with_sets / "manifest.json").read_text()))
-    sets = test_split_sets(frame, config)
-    assert metrics["test coverage"] == f"{sets['covered'].mean():.1%}"
+    sets, measured = test_split_sets(frame, config)
+    assert metrics["test coverage"] == f"{sets['covered'].mean():.1%}" == f"{measured['coverage']:.1%}"
     at.toggle(key="explorer_missed").set_value(True).run()
     listed = [d.value for d in at.dataframe if "prediction_set" in d.value.columns]
     assert listed and sorted(listed[-1]["image_id"]) == sorted(missed(sets)["image_id"])
