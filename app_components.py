@@ -440,7 +440,8 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
                                                               icon=":material/image_search:"):
         size = similar.gallery_size(source, predictor.weights_dir / "split.csv")
         st.caption(f"The first time, the models look at each of the {size} confirmed cases once (on one CPU core "
-                   f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once.")
+                   f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once. "
+                   "`python -m derm similar-gallery` does the same from a terminal, on every core.")
         return None
     cases_gallery = gallery(predictor, source)
     found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)

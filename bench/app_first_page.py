@@ -1,12 +1,13 @@
 """Seconds from `streamlit run` to the Diagnose page's examples on screen, from a cold server each time.
 
-    python bench/app_first_page.py [--runs 5] [--fresh-clone]
+    python bench/app_first_page.py [--runs 5] [--fresh-clone] [--repo OTHER_CHECKOUT]
 
 Each run starts `streamlit run streamlit_app.py` on a free loopback port, opens it in headless
 Chromium (Debian's, driven by Playwright, as tests/test_browser.py does) as soon as the server answers,
 and waits until the example images are loaded and decoded. Prints each run and the median, split into
 server start (until /_stcore/health answers) and page (until the examples show). --fresh-clone hides the
 full dataset, as on a fresh clone (the examples then come from the shipped test split either way).
+--repo runs another checkout's app (e.g. an older release) with this checkout's weights, to compare.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> 
     raise TimeoutError(f"streamlit did not answer within {timeout_s} s")
 
 
-def one_run(browser, env: dict[str, str]) -> tuple[float, float]:
+def one_run(browser, env: dict[str, str], repo: Path) -> tuple[float, float]:
     """(server start, page) seconds for one cold server."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"),
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(repo / "streamlit_app.py"),
                                "--server.headless", "true", "--server.port", str(port),
-                               "--server.address", "127.0.0.1"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               "--server.address", "127.0.0.1"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_healthy(url, server)
@@ -83,10 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fresh-clone", action="store_true", help="hide the full HAM10000")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app to start (default this one)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    env = dict(os.environ)
+    env = {**os.environ, "DERM_WEIGHTS": os.environ.get("DERM_WEIGHTS", str(REPO / "weights"))}
     with tempfile.TemporaryDirectory() as empty, sync_playwright() as playwright:
         if args.fresh_clone:
             env["DERM_DATA"] = empty
@@ -94,7 +96,7 @@ def main() -> None:
         try:
             runs = []
             for i in range(args.runs):
-                healthy, shown = one_run(browser, env)
+                healthy, shown = one_run(browser, env, args.repo.resolve())
                 runs.append((healthy, shown))
                 print(f"run {i + 1}: server answers {healthy:.2f} s, examples shown {shown:.2f} s", flush=True)
         finally:
