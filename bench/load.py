@@ -53,11 +53,12 @@ WATCH_LINE = """(texts) => {
         if (texts.some(t => body.includes(t))) window.__sawLine = true;
     }).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
-# The full result: the headline, both overlays' captions, and every image decoded.
+# The full result: the headline, both overlays' captions, the measurements, and every image decoded.
 RESULT_SHOWN = """() => {
     const text = document.body.innerText;
     const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
     return text.includes('Most likely:') && text.includes('Grad-CAM of') && text.includes('U-Net lesion outline')
+        && document.querySelector('[data-testid="stTable"]') !== null
         && imgs.length >= 2 && imgs.every(img => img.complete && img.naturalWidth > 0);
 }"""
 # What a user reads as their answer: headline, measurements, and the overlays' pixels (as served).
@@ -183,7 +184,7 @@ async def open_session(browser, url: str):
     """A fresh browser context (its own cookies, its own browser session) on the Diagnose page."""
     context = await browser.new_context(viewport={"width": 1400, "height": 2400})
     page = await context.new_page()
-    await page.goto(url)
+    await page.goto(url, timeout=RESULT_TIMEOUT_MS)
     await page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=RESULT_TIMEOUT_MS)
     await page.locator("input[type=file]").wait_for(state="attached", timeout=RESULT_TIMEOUT_MS)
     await page.evaluate(WATCH_LINE, list(LINE_TEXTS))
