@@ -17,12 +17,12 @@ from torch import nn
 
 from derm import lesion
 from derm.augment import normalize, uint8_to_float, view
+from derm.classes import CLASSES, NUM_CLASSES
 from derm.colour import apply_constancy
 from derm.combination import carrying_slot, combine_weighted, routing_weights
-from derm.classes import CLASSES, NUM_CLASSES
 from derm.data import resize_rgb
+from derm.gate import FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, has_gate, load_net, load_params_for
 from derm.gate_objects import ObjectCheckParams, load_object_check
-from derm.gate import FEATURE_MODEL, DomainGate, GateDecision, has_gate, load_net, load_params_for
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask
@@ -346,7 +346,10 @@ class Predictor:
 
     def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
         warnings = []
-        if result.domain is not None and not result.domain.in_domain:
+        too_small = min(rgb.shape[:2]) < MIN_JUDGED_SIDE
+        if too_small:  # the size is the first thing to say: nothing else can be judged at 8x8 pixels
+            warnings.append(f"The image is tiny ({rgb.shape[1]}x{rgb.shape[0]}); the models expect about 200x150 or more.")
+        if result.domain is not None and not result.domain.in_domain and result.domain.kind != "small":
             warnings.append(f"Not a dermatoscopic lesion image? {result.domain.reason}")
         if result.confidence < LOW_CONFIDENCE:
             warnings.append(f"Low confidence: the top class has only {result.confidence:.0%}.")
@@ -367,8 +370,6 @@ class Predictor:
             if energy < self.ood["energy_threshold"]:
                 warnings.append("This image looks unlike the training images (out-of-distribution score "
                                 f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")
-        if min(rgb.shape[:2]) < 64:
-            warnings.append(f"The image is tiny ({rgb.shape[1]}x{rgb.shape[0]}); the models expect about 200x150 or more.")
         return warnings
 
     # -- segmentation and explanation

@@ -102,7 +102,8 @@ def load(path: Path, fingerprint: str) -> Reference | None:
 def build_shipped_gallery(weights_dir: Path, config: ShippedGalleryConfig = ShippedGalleryConfig(),
                           progress: Progress | None = None, predictor: Predictor | None = None) -> Path:
     """(Re)write weights_dir/similar_gallery.npz for the weights there. Call it whenever a retrieval
-    network (derm.similar.RETRIEVAL_NETWORKS) changes: export does, after writing the networks."""
+    network (derm.similar.RETRIEVAL_NETWORKS) changes (`python -m derm similar-gallery --ship` after export;
+scripts/train_shipped.sh does)."""
     weights_dir = Path(weights_dir)
     predictor = predictor or Predictor(weights_dir, load_gate=False)
     target = weights_dir / GALLERY_FILE

@@ -33,5 +33,6 @@ python -m derm train classifier --arch lite0 --epochs 12 --epoch-samples 5000 --
 python -m derm export --resnet18 "$R/resnet18" "$R/resnet18-plain" --resnet50 "$R/resnet50" "$R/resnet50-plain" \
   --efficientnet "$R/lite0" --unet "$R/unet" --out weights
 python -m derm fit-gate --keep-net          # the regression, thresholds and the ImageNet object check
-python -m derm calibrate-uncertainty        # prediction sets and the malignancy triage point (also done by export)
+python -m derm similar-gallery --ship       # the shipped similar-case gallery of the retrieval networks
+python -m derm similar-eval --out weights/similar.json
 python -m derm card
