@@ -461,7 +461,8 @@ def wait_until_done(run_dir: Path) -> dict:
     pytest.fail(f"{run_dir.name} did not finish in {RUN_TIMEOUT_S} s:\n{jobs.log_tail(run_dir)}")
 
 
-def test_out_of_range_settings_start_nothing(runs_dir):
+def test_out_of_range_settings_start_nothing(runs_dir, data_dir, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(data_dir))  # a dataset is found, so Start is enabled and the checks run
     at = submit_run(start_app("app_pages/training.py"), epochs_classifier=0, lr_classifier=5.0, height_classifier=10)
     message = texts(at.error)
     assert message.startswith("Not started:")
