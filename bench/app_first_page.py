@@ -14,40 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(REPO))  # run from a checkout, no install needed
+
+from derm.local_app import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_group, wait_for_http  # noqa: E402
+
 EXAMPLES = 7  # one test image per class
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}")
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"streamlit did not answer within {timeout_s} s")
 
 
 def one_run(browser, env: dict[str, str], repo: Path) -> tuple[float, float]:
@@ -55,12 +33,9 @@ def one_run(browser, env: dict[str, str], repo: Path) -> tuple[float, float]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     start = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(repo / "streamlit_app.py"),
-                               "--server.headless", "true", "--server.port", str(port),
-                               "--server.address", "127.0.0.1"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = start_app(port, env, repo=repo)
     try:
-        wait_healthy(url, server)
+        wait_for_http(f"{url}/_stcore/health", server, 120, poll_s=0.05)
         healthy = time.perf_counter()
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(url)
@@ -72,12 +47,7 @@ def one_run(browser, env: dict[str, str], repo: Path) -> tuple[float, float]:
         page.close()
         return healthy - start, shown - start
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 def main() -> None:
@@ -92,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as empty, sync_playwright() as playwright:
         if args.fresh_clone:
             env["DERM_DATA"] = empty
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             runs = []
             for i in range(args.runs):

@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from derm import catalog, data  # noqa: E402
+from derm.local_app import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_group, wait_for_http  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 UPLOAD_HW = (450, 600)
 START_TIMEOUT_S = 120
 RESULT_TIMEOUT_MS = 300_000
@@ -85,12 +78,6 @@ class Outcome:
     saw_line: bool
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def upload_images(count: int, folder: Path) -> list[Path]:
     """`count` different 600x450 photos from the shipped test split, one diagnosis after another."""
     table = data.load_table(data.TEST_SUBSET_DIR)
@@ -114,29 +101,15 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"streamlit exited with {self.process.returncode}; see {log}")
-            try:
-                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
-                    return
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise SystemExit(f"streamlit did not answer within {START_TIMEOUT_S} s; see {log}")
+        self.process = start_app(self.port, out=self._log)
+        try:
+            wait_for_http(f"{self.url}/_stcore/health", self.process, START_TIMEOUT_S, poll_s=0.5)
+        except RuntimeError as exc:
+            self.stop()
+            raise SystemExit(f"streamlit: {exc}; see {log}") from None
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_group(self.process)
         self._log.close()
 
 

@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from derm.local_app import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_group, wait_for_http
+
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 START_TIMEOUT_S = 60
@@ -31,23 +24,11 @@ SIMILAR_GALLERY = 40  # similar cases from the first 40 shipped test images: sec
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium is not installed (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"streamlit exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
+def wait_until_healthy(url: str, server, log: Path) -> None:
+    try:
+        wait_for_http(f"{url}/_stcore/health", server, START_TIMEOUT_S, poll_s=0.5)
+    except RuntimeError as exc:
+        pytest.fail(f"streamlit: {exc}:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +42,13 @@ def app_url(tiny_weights, tmp_path_factory) -> Iterator[str]:
            "DERM_DATA": str(tmp_path / "no-dataset"), "DERM_GALLERY_LIMIT": str(SIMILAR_GALLERY),
            "DERM_CACHE": str(tmp_path / "cache")}
     with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = start_app(port, env, out)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, server, log)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
 
 
 @contextlib.contextmanager

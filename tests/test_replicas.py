@@ -9,11 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
@@ -21,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from derm.local_app import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_group
+from derm.local_app import wait_for_http as wait_until_answering
+
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "deploy" / "nginx-derm.conf"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
 START_TIMEOUT_S = 90
 WAIT_MS = 180_000
@@ -37,36 +33,11 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group, SIGKILL if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def wait_for_http(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
+    try:
+        wait_until_answering(url, process, START_TIMEOUT_S)
+    except RuntimeError as exc:
+        pytest.fail(f"{exc}:\n{log.read_text()}")
 
 
 def nginx_config(folder: Path, listen: int, replicas: list[int]) -> Path:
@@ -100,11 +71,7 @@ def proxy(tiny_weights, tmp_path_factory) -> Iterator[tuple[str, list[int]]]:
         for index, port in enumerate(ports):
             log = folder / f"replica{index}.log"
             with open(log, "w") as out:
-                started.append(subprocess.Popen(
-                    [sys.executable, "-m", "streamlit", "run", str(REPO / "streamlit_app.py"), "--server.headless",
-                     "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-                     "--browser.gatherUsageStats", "false"],
-                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                started.append(start_app(port, env, out))
             wait_for_http(f"http://127.0.0.1:{port}/_stcore/health", started[-1], log)
         listen = free_port()
         log = folder / "nginx.out"
