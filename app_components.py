@@ -30,8 +30,8 @@ from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifes
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from derm import similar
     from derm.pipeline import Predictor, Result
+    from derm.retrieval import similar
 
 T = TypeVar("T")
 WEIGHTS_KEY = "active_weights_dir"
@@ -121,14 +121,14 @@ _GALLERY_LOCK = threading.Lock()
 
 def gallery_ready(predictor: Predictor, source: data.ImageSource) -> bool:
     """True when the similar cases can be shown at once (in memory or in the disk cache)."""
-    from derm import similar
+    from derm.retrieval import similar
 
     return (str(predictor.weights_dir), str(source.path)) in _GALLERIES or similar.gallery_is_cached(predictor, source)
 
 
 def gallery(predictor: Predictor, source: data.ImageSource) -> similar.Gallery:
     """The confirmed cases for these models; embedding them the first time shows a progress bar."""
-    from derm import similar
+    from derm.retrieval import similar
 
     key = (str(predictor.weights_dir), str(source.path))
     with _GALLERY_LOCK:
@@ -169,7 +169,7 @@ def similar_cases(predictor: Predictor, rgb: np.ndarray, key: str, result: Resul
                   lesion_id: str | None) -> tuple[similar.SimilarCases, float]:
     """The cases for one analysed image (and the seconds the search took), once per browser tab."""
     def compute() -> tuple[similar.SimilarCases, float]:
-        from derm import similar
+        from derm.retrieval import similar
 
         start = time.perf_counter()
         query = similar.query_for(predictor, rgb, result.features, lesion_id)
@@ -429,7 +429,7 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
 
     Building the gallery the first time takes minutes, so then it waits for the user's click.
     """
-    from derm import similar
+    from derm.retrieval import similar
 
     st.markdown(f"**Similar confirmed cases{mark}**")
     source = image_source_or_none()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from derm import similar  # noqa: E402
+from derm.retrieval import similar  # noqa: E402
 from derm.data import resolve_data_dir  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402

@@ -4,7 +4,7 @@
 
 Queries: HAM10000 val (needs the full dataset). Galleries: the test split (what a fresh clone shows) and
 the train split (what the app shows with the full dataset). For each number of dimensions, the retrieval
-space (derm.similar.RetrievalSpace) is fitted on the test split as derm.shipped_gallery does, axes and
+space (derm.retrieval.similar.RetrievalSpace) is fitted on the test split as derm.retrieval.shipped_gallery does, axes and
 gallery rounded to fp16 as shipped; "all" is every one of the 5,120 numbers centred on the gallery's own
 mean (the embedding before the reduction). Printed per gallery and size: the similarity-weighted vote's
 balanced accuracy at its best k and at k = 20, its macro AUC at that k, precision@8, and the share of the
@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import numpy as np  # noqa: E402
 
-from derm import data, similar, similar_eval  # noqa: E402
+from derm import data  # noqa: E402
 from derm.metrics import present_classes_report  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402
+from derm.retrieval import evaluate, similar  # noqa: E402
 
 SHOWN = 8
 
@@ -43,11 +44,11 @@ def gallery_in(space: similar.RetrievalSpace | None, table, raw: similar.Embedde
 
 
 def scores(gallery: similar.Gallery, queries: similar.Embedded, labels: np.ndarray, lesions: list[str]) -> dict:
-    k_max = max(similar_eval.K_CANDIDATES)
-    idx, sims = similar_eval.neighbours(gallery, queries.embeddings, lesions, k_max, threshold=1.01)
+    k_max = max(evaluate.K_CANDIDATES)
+    idx, sims = evaluate.neighbours(gallery, queries.embeddings, lesions, k_max, threshold=1.01)
     neighbour_labels = gallery.table["label_idx"].to_numpy()[idx]
     by_k = {k: present_classes_report(labels, similar.vote(neighbour_labels[:, :k], sims[:, :k]))
-            for k in similar_eval.K_CANDIDATES}
+            for k in evaluate.K_CANDIDATES}
     best = max(by_k, key=lambda k: by_k[k]["balanced_accuracy"])
     return {"best_k": best, "bal_acc_best": by_k[best]["balanced_accuracy"], "bal_acc_k20": by_k[20]["balanced_accuracy"],
             "auc_best": by_k[best]["macro_auc"],

@@ -10,6 +10,7 @@ from pathlib import Path
 # Building the parser imports nothing heavy (torch, torchvision, cv2, pandas, sklearn, derm.runs): each
 # command imports what it uses inside its function, so --help answers at once (tests/test_cold_start.py checks).
 from derm.archs import CLASSIFIER_ARCHS, TEACHER_ARCHS
+from derm.cli_common import add_image_inputs, images, load_predictor, progress
 from derm.colour import METHODS as COLOUR_METHODS
 from derm.pretrained import ENCODERS
 
@@ -188,11 +189,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_image_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (JPEG, PNG, BMP, TIFF, WebP)")
-    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
-
-
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="class probabilities for images",
                        description="Prints one row per image: a probability per class, the label, "
@@ -203,7 +199,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                                    "gate finds it is not a dermatoscopic lesion image) and warnings (the gate's "
                                    "reason, joined by ' | '). The three uncertainty columns are empty for weights "
                                    "without a fitted uncertainty section.")
-    _add_image_inputs(p)
+    add_image_inputs(p)
     p.add_argument("--format", choices=["csv", "json"], default="csv")
     from derm.uncertainty.commands import add_coverage_option
 
@@ -214,32 +210,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="lesion masks for images",
                        description="Writes DIR/<stem>_mask.png (0/255) at each image's own size.")
-    _add_image_inputs(p)
+    add_image_inputs(p)
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.set_defaults(func=cmd_segment)
-
-
-def _load_predictor(weights: str | None, load_gate: bool = True):
-    from derm.pipeline import Predictor
-    from derm.weights import WeightsNotFoundError
-
-    try:
-        return Predictor(weights, load_gate=load_gate)
-    except (WeightsNotFoundError, ValueError, KeyError) as exc:
-        print(f"derm: cannot load weights: {exc}", file=sys.stderr)
-        return None
-
-
-def _images(paths: list[str]):
-    """(path, rgb) for each readable image; one line on stderr for each that is not."""
-    from derm.imageio import ImageError, load_image
-
-    for path in paths:
-        try:
-            yield path, load_image(path)
-        except ImageError as exc:
-            print(f"derm: {exc}", file=sys.stderr)
-            yield path, None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -248,12 +221,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from derm.classes import CLASSES
     from derm.uncertainty.commands import predict_fields, uncertainty_or_none
 
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     uncertainty = uncertainty_or_none(predictor.manifest)
     failed, rows = 0, []
-    for path, rgb in _progress(_images(args.paths), len(args.paths), "predict"):
+    for path, rgb in progress(images(args.paths), len(args.paths), "predict"):
         if rgb is None:
             failed += 1
             continue
@@ -288,13 +261,13 @@ def _csv_cell(value) -> str:
 def cmd_segment(args: argparse.Namespace) -> int:
     import cv2
 
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path, rgb in _progress(_images(args.paths), len(args.paths), "segment"):
+    for path, rgb in progress(images(args.paths), len(args.paths), "segment"):
         if rgb is None:
             failed += 1
             continue
@@ -305,15 +278,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
         cv2.imwrite(str(target), mask.astype("uint8") * 255)
         print(target, flush=True)
     return 1 if failed else 0
-
-
-def _progress(items, total: int, desc: str):
-    """A progress bar with ETA on stderr when there is more than a handful of images."""
-    if total < 5:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr)
 
 
 def _add_card(sub: argparse._SubParsersAction) -> None:
@@ -378,7 +342,7 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         return 2
     if args.objects_only:
         return fit_object_check_only(args)
-    predictor = _load_predictor(args.weights, load_gate=False)  # the gate on disk may be stale: it is refitted
+    predictor = load_predictor(args.weights, load_gate=False)  # the gate on disk may be stale: it is refitted
     if predictor is None:
         return 2
     config = GateFitConfig(net=None) if args.no_net else GateFitConfig()
@@ -444,7 +408,7 @@ def cmd_gate_check(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
     from derm.gate_fit import SHOULD_ACCEPT, SHOULD_REFUSE, check_sets
 
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     names = [*SHOULD_ACCEPT, *SHOULD_REFUSE] if "all" in args.sets else args.sets
@@ -507,7 +471,7 @@ def cmd_evaluate_set(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"derm evaluate-set: {exc}", file=sys.stderr)
         return 2
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     given = (("--images", args.images), ("--labels", args.labels), ("--split", args.split), ("--masks", args.masks),
@@ -598,7 +562,7 @@ def _add_similar(sub: argparse._SubParsersAction) -> None:
                                    "without the full dataset (embedded once, then cached). A HAM10000 image's "
                                    "own lesion and near-duplicates of the query are left out. A PATH that is "
                                    "no file but a HAM10000 id (ISIC_0024306.jpg) means that image.")
-    _add_image_inputs(p)
+    add_image_inputs(p)
     p.add_argument("--k", type=int, default=8, help="cases per image (default 8)")
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.add_argument("--limit", type=int, default=0, help="use at most N gallery images (quick checks)")
@@ -608,10 +572,10 @@ def _add_similar(sub: argparse._SubParsersAction) -> None:
 def cmd_similar(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from derm import similar
     from derm.data import DataNotFoundError
+    from derm.retrieval import similar
 
-    predictor = _load_predictor(args.weights, load_gate=False)  # retrieval never asks the domain gate
+    predictor = load_predictor(args.weights, load_gate=False)  # retrieval never asks the domain gate
     if predictor is None:
         return 2
     try:
@@ -623,7 +587,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     config = similar.SimilarConfig.from_weights(predictor.weights_dir)  # the near-duplicate threshold chosen on val
     paths = [str(similar.resolve_image_path(p, table)) for p in args.paths]
     failed, rows = 0, []
-    for given, (path, rgb) in zip(args.paths, _images(paths)):
+    for given, (path, rgb) in zip(args.paths, images(paths)):
         if rgb is None:
             failed += 1
             continue
@@ -650,10 +614,10 @@ def _add_similar_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_similar_eval(args: argparse.Namespace) -> int:
-    from derm import similar_eval
     from derm.data import DataNotFoundError
+    from derm.retrieval import evaluate as similar_eval
 
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     command = "python -m derm " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m derm similar-eval"
@@ -730,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     from derm.cli_report import add_report_parser
 
     add_report_parser(sub)
-    from derm.cli_gallery import add_similar_gallery_parser
+    from derm.retrieval.cli import add_similar_gallery_parser
 
     add_similar_gallery_parser(sub)
     return parser

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from derm.cli_common import images, load_predictor, progress
+
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="a one-page PDF report per image",
@@ -26,9 +28,8 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from derm import report_pdf
-    from derm.cli import _images, _load_predictor, _progress
 
-    predictor = _load_predictor(args.weights)
+    predictor = load_predictor(args.weights)
     if predictor is None:
         return 2
     out = Path(args.out)
@@ -38,7 +39,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"derm report: cannot write to {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     failed = 0
-    for path, rgb in _progress(_images(args.paths), len(args.paths), "report"):
+    for path, rgb in progress(images(args.paths), len(args.paths), "report"):
         if rgb is None:
             failed += 1
             continue

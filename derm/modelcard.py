@@ -538,7 +538,7 @@ def citation_section(card: CardInputs) -> list[str]:
 Section = Callable[[CardInputs], list[str]]
 def similar_section(card: CardInputs) -> list[str]:
     """k-NN retrieval with the ensemble's features beside its softmax (weights/similar.json)."""
-    from derm.similar_eval import card_lines
+    from derm.retrieval.evaluate import card_lines
 
     return card_lines(card.weights_dir)
 

@@ -21,7 +21,7 @@ from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
 
 if TYPE_CHECKING:  # not at run time: the app's pages import this module before any model is needed
     from derm.pipeline import Predictor, Result
-    from derm.similar import SimilarCases
+    from derm.retrieval.similar import SimilarCases
 
 NO_SCALE_NOTE = ("HAM10000 images carry no physical scale, so sizes are in pixels of this image "
                  "(or a share of it), never millimetres.")

@@ -31,7 +31,7 @@ from derm.classes import FULL_NAMES
 
 if TYPE_CHECKING:  # not at run time: the page and the CLI import this module before any model is needed
     from derm.pipeline import Predictor, Result
-    from derm.similar import SimilarCases
+    from derm.retrieval.similar import SimilarCases
 
 DISCLAIMER = ("Research demo, not a medical device and not a diagnosis. These models were trained on one public "
               "dataset of dermatoscopic images and are often wrong. Do not use this report for medical decisions: "

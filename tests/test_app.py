@@ -17,9 +17,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import AppTestError
 
-from derm import catalog, data, explorer, jobs, runs, similar
+from derm import catalog, data, explorer, jobs, runs
 from derm.classes import CLASSES, FULL_NAMES
 from derm.pipeline import Result
+from derm.retrieval import similar
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "streamlit_app.py")

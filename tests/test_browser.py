@@ -124,9 +124,10 @@ def test_the_first_example_gives_a_result_in_a_real_browser(app_url):
 
 def expected_first_case(tiny_weights: Path, image_id: str, tmp_path: Path) -> str:
     """The case the server should rank first for a shipped image, computed here with the same code."""
-    from derm import catalog, data, similar
+    from derm import catalog, data
     from derm.imageio import load_image
     from derm.pipeline import Predictor
+    from derm.retrieval import similar
 
     os.environ[data.CACHE_ENV] = str(tmp_path)
     try:

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from derm import data, report, report_pdf, similar
+from derm import data, report, report_pdf
 from derm.classes import CLASSES, FULL_NAMES
 from derm.gate import REASONS, GateDecision
 from derm.imageio import load_image
 from derm.pipeline import Predictor
+from derm.retrieval import similar
 
 REPO = Path(__file__).resolve().parent.parent
 GALLERY_IMAGES = 40

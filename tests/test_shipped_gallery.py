@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from derm import cli, cli_gallery, data, shipped_gallery, similar
+from derm import cli, data
 from derm.imageio import load_image
 from derm.pipeline import Predictor
-from derm.similar import RetrievalSpace
+from derm.retrieval import cli as retrieval_cli
+from derm.retrieval import shipped_gallery, similar
+from derm.retrieval.similar import RetrievalSpace
 
 GALLERY_LIMIT = 40
 
@@ -133,8 +135,8 @@ def test_k_and_threshold_chosen_on_validation_hold_only_in_their_space(weights_c
 
 
 def test_the_command_s_defaults_are_the_module_s():
-    assert cli_gallery.DEFAULT_DIMS == shipped_gallery.ShippedGalleryConfig().dims
-    assert cli_gallery.GALLERY_FILE == shipped_gallery.GALLERY_FILE
+    assert retrieval_cli.DEFAULT_DIMS == shipped_gallery.ShippedGalleryConfig().dims
+    assert retrieval_cli.GALLERY_FILE == shipped_gallery.GALLERY_FILE
 
 
 def test_the_gallery_in_weights_matches_the_shipped_networks_and_test_split():

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from derm import cli, data, similar, similar_eval
+from derm import cli, data
 from derm.classes import CLASSES
 from derm.imageio import load_image
 from derm.pipeline import Predictor
+from derm.retrieval import evaluate, similar
 
 GALLERY_LIMIT = 40
 
@@ -112,7 +113,7 @@ def test_cli_prints_one_csv_row_per_case_without_the_image_itself(tiny_weights, 
 def test_the_threshold_balances_lost_neighbours_against_self_matches():
     other = np.linspace(0.5, 0.95, 100)  # nearest other-lesion similarities
     own = np.linspace(0.9, 1.0, 100)  # originals against their own copy
-    t = similar_eval.equal_error_threshold(other, own)
+    t = evaluate.equal_error_threshold(other, own)
     assert abs((other > t).mean() - (own <= t).mean()) <= 0.02 and 0.9 <= t <= 0.95
 
 
@@ -124,8 +125,8 @@ def test_card_lines_render_a_short_table(tmp_path):
               "sets": {name: {"n": 100, "knn": {"balanced_accuracy": 0.5, "macro_auc": 0.8, "precision_at_8": 0.6},
                               "softmax": {"balanced_accuracy": 0.6, "macro_auc": 0.9}}
                        for name in ("HAM10000 val", "HAM10000 test", "derm7pt")}}
-    similar_eval.write(report, tmp_path / "similar.json")
-    lines = similar_eval.card_lines(tmp_path)
+    evaluate.write(report, tmp_path / "similar.json")
+    lines = evaluate.card_lines(tmp_path)
     assert len(lines) <= 20 and sum(line.startswith("| derm7pt |") for line in lines) == 1
     assert any("similar-eval" in line for line in lines)
-    assert similar_eval.card_lines(tmp_path / "missing") == []
+    assert evaluate.card_lines(tmp_path / "missing") == []

@@ -17,7 +17,7 @@ renormalised before the cosine: on HAM10000 val (gallery: train) that raised the
 accuracy at its best k from 0.649 to 0.697 (macro AUC 0.903 -> 0.894, precision@8 0.773 -> 0.766).
 The centred embeddings are then projected on the reference set's first principal axes and
 renormalised (RetrievalSpace): 5,120 numbers per case become a few dozen, which is what lets a gallery
-ship inside weights/ (derm.shipped_gallery, where the reference set and the numbers are).
+ship inside weights/ (derm.retrieval.shipped_gallery, where the reference set and the numbers are).
 
 Gallery: the confirmed HAM10000 cases the models trained on (the train split) when the full dataset is
 present, else the test split shipped in data/ham10000-test, whose embeddings ship with the weights
@@ -27,7 +27,7 @@ cached in derm.data.cache_dir() (never in git).
 Exclusions, so that a dataset image does not just find itself: its own lesion (same lesion_id), any
 gallery image with the same pixels at the models' input, and any gallery image more similar than the
 near-duplicate threshold (chosen on HAM10000 val and the dataset's full-size originals by
-`python -m derm similar-eval`, kept in weights/similar.json; derm.similar_eval says how).
+`python -m derm similar-eval`, kept in weights/similar.json; derm.retrieval.evaluate says how).
 
 """
 
@@ -84,7 +84,7 @@ class SimilarConfig:
 
 
 def _shipped_space_id(weights_dir: Path) -> str | None:
-    from derm.shipped_gallery import shipped_space_id  # that module builds on this one
+    from derm.retrieval.shipped_gallery import shipped_space_id  # that module builds on this one
 
     return shipped_space_id(Path(weights_dir))
 
@@ -323,7 +323,7 @@ def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, 
                   progress: Progress | None = None) -> Gallery:
     """The gallery for these weights in their retrieval space: the shipped test split straight from
     weights/similar_gallery.npz; any other from the embedding cache, or embedded now (`progress`)."""
-    from derm import shipped_gallery  # that module builds on this one
+    from derm.retrieval import shipped_gallery  # that module builds on this one
 
     source = source or data.image_source()
     table, description = gallery_table(source, predictor.weights_dir / "split.csv", limit)
@@ -337,7 +337,7 @@ def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, 
 
 def gallery_is_cached(predictor: Predictor, source: data.ImageSource | None = None) -> bool:
     """True when build_gallery will only read files (no embedding to wait for)."""
-    from derm import shipped_gallery
+    from derm.retrieval import shipped_gallery
 
     source = source or data.image_source()
     if not shipped_gallery.reference_is_ready(predictor):

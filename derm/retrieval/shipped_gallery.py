@@ -2,7 +2,7 @@
 the first similar cases appear at once instead of after minutes of embedding.
 
 Without the full dataset the gallery is the HAM10000 test split in data/ham10000-test (1,002 images).
-The file holds, for those cases: the retrieval space (derm.similar.RetrievalSpace: the split's mean
+The file holds, for those cases: the retrieval space (derm.retrieval.similar.RetrievalSpace: the split's mean
 embedding and the first `dims` principal axes of its centred embeddings, fitted on these very cases,
 no labels used) and each case's coordinates in it (fp16), with its image_id and pixel hash. With 64
 dimensions that is about 0.8 MB instead of the 10 MB of the full 5,120-number embeddings.
@@ -11,7 +11,7 @@ The space is the one every gallery and query is measured in, the full dataset's 
 so the k and near-duplicate threshold chosen by `python -m derm similar-eval` (weights/similar.json,
 which names the space it chose them in) hold for both galleries.
 
-The file is tied to the retrieval networks' weight files (derm.similar.weights_fingerprint): after one
+The file is tied to the retrieval networks' weight files (derm.retrieval.similar.weights_fingerprint): after one
 of them changes it is ignored, and the same is built once into derm.data.cache_dir(), until
 `build_shipped_gallery` rewrites it (export calls it; `python -m derm similar-gallery --ship` too).
 """
@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from derm import data, similar
+from derm import data
 from derm.pipeline import Predictor
-from derm.similar import Progress, RetrievalSpace
+from derm.retrieval import similar
+from derm.retrieval.similar import Progress, RetrievalSpace
 
 GALLERY_FILE = "similar_gallery.npz"
 
@@ -45,10 +46,10 @@ class Reference:
     """The test-split cases in the retrieval space, and the space itself (see the module doc)."""
 
     image_ids: np.ndarray  # N image ids
-    hashes: np.ndarray  # N pixel hashes (derm.similar.pixel_hash)
+    hashes: np.ndarray  # N pixel hashes (derm.retrieval.similar.pixel_hash)
     embeddings: np.ndarray  # N x dims, unit rows in `space`
     space: RetrievalSpace
-    fingerprint: str  # derm.similar.weights_fingerprint of the weights it was built with
+    fingerprint: str  # derm.retrieval.similar.weights_fingerprint of the weights it was built with
 
     def rows_for(self, table: pd.DataFrame) -> np.ndarray | None:
         """The row of each of table's images, or None when some image is not among these cases."""
@@ -102,7 +103,7 @@ def load(path: Path, fingerprint: str) -> Reference | None:
 def build_shipped_gallery(weights_dir: Path, config: ShippedGalleryConfig = ShippedGalleryConfig(),
                           progress: Progress | None = None, predictor: Predictor | None = None) -> Path:
     """(Re)write weights_dir/similar_gallery.npz for the weights there. Call it whenever a retrieval
-    network (derm.similar.RETRIEVAL_NETWORKS) changes (`python -m derm similar-gallery --ship` after export;
+    network (derm.retrieval.similar.RETRIEVAL_NETWORKS) changes (`python -m derm similar-gallery --ship` after export;
 scripts/train_shipped.sh does)."""
     weights_dir = Path(weights_dir)
     predictor = predictor or Predictor(weights_dir, load_gate=False)

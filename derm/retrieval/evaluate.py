@@ -28,7 +28,7 @@ from derm import data, external
 from derm.classes import CLASSES
 from derm.metrics import present_classes_report
 from derm.pipeline import Predictor
-from derm.similar import (REPORT_FILE, Embedded, Gallery, build_gallery, embed_images, similarities, top_k,
+from derm.retrieval.similar import (REPORT_FILE, Embedded, Gallery, build_gallery, embed_images, similarities, top_k,
                           tqdm_progress, vote, weights_fingerprint)
 
 K_CANDIDATES = (1, 3, 5, 8, 10, 15, 20, 30, 50)

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from derm.cli_common import load_predictor
 
-GALLERY_FILE = "similar_gallery.npz"  # derm.shipped_gallery's, named here without importing the models
-DEFAULT_DIMS = 64  # derm.shipped_gallery.ShippedGalleryConfig.dims (tests/test_shipped_gallery.py checks)
+GALLERY_FILE = "similar_gallery.npz"  # derm.retrieval.shipped_gallery's, named here without importing the models
+DEFAULT_DIMS = 64  # derm.retrieval.shipped_gallery.ShippedGalleryConfig.dims (tests/test_shipped_gallery.py checks)
 
 
 def add_similar_gallery_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,14 +32,13 @@ def add_similar_gallery_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_similar_gallery(args: argparse.Namespace) -> int:
-    from derm import shipped_gallery, similar
-    from derm.cli import _load_predictor
     from derm.data import DataNotFoundError
+    from derm.retrieval import shipped_gallery, similar
 
     if args.dims < 1:
         print("derm similar-gallery: --dims must be at least 1", file=sys.stderr)
         return 2
-    predictor = _load_predictor(args.weights, load_gate=False)
+    predictor = load_predictor(args.weights, load_gate=False)
     if predictor is None:
         return 2
     start = time.perf_counter()
