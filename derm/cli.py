@@ -554,89 +554,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_similar(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("similar", help="the most similar confirmed HAM10000 cases for images",
-                       description="Prints one row per returned case: query, rank, image_id, dx, dx_type "
-                                   "(how the diagnosis was confirmed), similarity (cosine of the ensemble's "
-                                   "pooled features). Gallery: HAM10000 train, or the shipped test split "
-                                   "without the full dataset (embedded once, then cached). A HAM10000 image's "
-                                   "own lesion and near-duplicates of the query are left out. A PATH that is "
-                                   "no file but a HAM10000 id (ISIC_0024306.jpg) means that image.")
-    add_image_inputs(p)
-    p.add_argument("--k", type=int, default=8, help="cases per image (default 8)")
-    p.add_argument("--format", choices=["table", "csv"], default="table")
-    p.add_argument("--limit", type=int, default=0, help="use at most N gallery images (quick checks)")
-    p.set_defaults(func=cmd_similar)
-
-
-def cmd_similar(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from derm.data import DataNotFoundError
-    from derm.retrieval import similar
-
-    predictor = load_predictor(args.weights, load_gate=False)  # retrieval never asks the domain gate
-    if predictor is None:
-        return 2
-    try:
-        table = similar.ham_table()
-        gallery = similar.build_gallery(predictor, limit=args.limit, progress=similar.tqdm_progress("gallery"))
-    except DataNotFoundError as exc:
-        print(f"derm similar: {exc}", file=sys.stderr)
-        return 2
-    config = similar.SimilarConfig.from_weights(predictor.weights_dir)  # the near-duplicate threshold chosen on val
-    paths = [str(similar.resolve_image_path(p, table)) for p in args.paths]
-    failed, rows = 0, []
-    for given, (path, rgb) in zip(args.paths, images(paths)):
-        if rgb is None:
-            failed += 1
-            continue
-        query = similar.query_for(predictor, rgb, lesion_id=similar.lesion_of(table, given))
-        cases = similar.search(gallery, query, args.k, config.duplicate_threshold)
-        rows.append(cases.drop(columns=["lesion_id", "image_path"]).assign(query=given))
-    if rows:
-        frame = pd.concat(rows, ignore_index=True)[["query", "rank", "image_id", "dx", "dx_type", "similarity"]]
-        print(frame.to_csv(index=False) if args.format == "csv" else frame.to_string(index=False),
-              end="" if args.format == "csv" else "\n")
-    return 1 if failed else 0
-
-
-def _add_similar_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("similar-eval", help="measure retrieval against the softmax (writes weights/similar.json)",
-                       description="Gallery: HAM10000 train. Chooses k on val and the near-duplicate threshold "
-                                   "on val, then scores the k-NN vote and the ensemble's softmax on HAM10000 "
-                                   "val, test and derm7pt. Needs the full dataset.")
-    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
-    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, docs/data.md)")
-    p.add_argument("--derm7pt", help="derm7pt folder (default ../shared/derm7pt)")
-    p.add_argument("--out", default="weights/similar.json")
-    p.set_defaults(func=cmd_similar_eval)
-
-
-def cmd_similar_eval(args: argparse.Namespace) -> int:
-    from derm.data import DataNotFoundError
-    from derm.retrieval import evaluate as similar_eval
-
-    predictor = load_predictor(args.weights)
-    if predictor is None:
-        return 2
-    command = "python -m derm " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m derm similar-eval"
-    try:
-        report = similar_eval.evaluate(predictor, args.data, Path(args.derm7pt) if args.derm7pt else
-                                       similar_eval.DERM7PT, command)
-    except (DataNotFoundError, FileNotFoundError) as exc:
-        print(f"derm similar-eval: {exc}", file=sys.stderr)
-        return 2
-    similar_eval.write(report, Path(args.out))
-    print(f"k={report['k']} duplicate_threshold={report['duplicate_threshold']['value']}")
-    for name, s in report["sets"].items():
-        print(f"{name:14s} n={s['n']} knn bal_acc={s['knn']['balanced_accuracy']:.3f} "
-              f"auc={s['knn']['macro_auc']:.3f} p@8={s['knn']['precision_at_8']:.3f} | softmax "
-              f"bal_acc={s['softmax']['balanced_accuracy']:.3f} auc={s['softmax']['macro_auc']:.3f}")
-    print(f"wrote {args.out}")
-    return 0
-
-
 def _add_score_runs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score-runs", help="compare classifier runs (alone and averaged) on HAM10000 val and "
                        "another set's train/valid splits",
@@ -685,8 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     prog = "derm" if Path(sys.argv[0]).name == "derm" else "python -m derm"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from derm.retrieval.cli import add_similar_eval_parser, add_similar_gallery_parser, add_similar_parser
+
     for add in (_add_train, _add_evaluate, _add_export, _add_predict, _add_segment, _add_card, _add_runs, _add_evaluate_set,
-                _add_fit_gate, _add_gate_check, _add_similar, _add_similar_eval, _add_score_runs):
+                _add_fit_gate, _add_gate_check, add_similar_parser, add_similar_eval_parser, _add_score_runs):
         add(sub)
     from derm.uncertainty.commands import add_calibrate_parser
 
@@ -694,8 +613,6 @@ def build_parser() -> argparse.ArgumentParser:
     from derm.cli_report import add_report_parser
 
     add_report_parser(sub)
-    from derm.retrieval.cli import add_similar_gallery_parser
-
     add_similar_gallery_parser(sub)
     return parser
 

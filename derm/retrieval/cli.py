@@ -1,6 +1,7 @@
-"""`python -m derm similar-gallery`: prepare the similar-case gallery once, or ship it with the weights.
+"""The retrieval commands: `python -m derm similar`, `similar-eval` and `similar-gallery`.
 
-Kept out of derm/cli.py so that the parser stays cheap to import: the models load only when the command runs.
+Building their parsers imports nothing heavy (tests/test_cold_start.py checks `--help`): the models,
+pandas and the retrieval modules load only when a command runs.
 """
 
 from __future__ import annotations
@@ -10,10 +11,93 @@ import sys
 import time
 from pathlib import Path
 
-from derm.cli_common import load_predictor
+from derm.cli_common import add_image_inputs, images, load_predictor
 
 GALLERY_FILE = "similar_gallery.npz"  # derm.retrieval.shipped_gallery's, named here without importing the models
 DEFAULT_DIMS = 64  # derm.retrieval.shipped_gallery.ShippedGalleryConfig.dims (tests/test_shipped_gallery.py checks)
+
+
+def add_similar_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("similar", help="the most similar confirmed HAM10000 cases for images",
+                       description="Prints one row per returned case: query, rank, image_id, dx, dx_type "
+                                   "(how the diagnosis was confirmed), similarity (cosine of the ensemble's "
+                                   "pooled features). Gallery: HAM10000 train, or the shipped test split "
+                                   "without the full dataset (embedded once, then cached). A HAM10000 image's "
+                                   "own lesion and near-duplicates of the query are left out. A PATH that is "
+                                   "no file but a HAM10000 id (ISIC_0024306.jpg) means that image.")
+    add_image_inputs(p)
+    p.add_argument("--k", type=int, default=8, help="cases per image (default 8)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.add_argument("--limit", type=int, default=0, help="use at most N gallery images (quick checks)")
+    p.set_defaults(func=cmd_similar)
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from derm.data import DataNotFoundError
+    from derm.retrieval import similar
+
+    predictor = load_predictor(args.weights, load_gate=False)  # retrieval never asks the domain gate
+    if predictor is None:
+        return 2
+    try:
+        table = similar.ham_table()
+        gallery = similar.build_gallery(predictor, limit=args.limit, progress=similar.tqdm_progress("gallery"))
+    except DataNotFoundError as exc:
+        print(f"derm similar: {exc}", file=sys.stderr)
+        return 2
+    config = similar.SimilarConfig.from_weights(predictor.weights_dir)  # the near-duplicate threshold chosen on val
+    paths = [str(similar.resolve_image_path(p, table)) for p in args.paths]
+    failed, rows = 0, []
+    for given, (path, rgb) in zip(args.paths, images(paths)):
+        if rgb is None:
+            failed += 1
+            continue
+        query = similar.query_for(predictor, rgb, lesion_id=similar.lesion_of(table, given))
+        cases = similar.search(gallery, query, args.k, config.duplicate_threshold)
+        rows.append(cases.drop(columns=["lesion_id", "image_path"]).assign(query=given))
+    if rows:
+        frame = pd.concat(rows, ignore_index=True)[["query", "rank", "image_id", "dx", "dx_type", "similarity"]]
+        print(frame.to_csv(index=False) if args.format == "csv" else frame.to_string(index=False),
+              end="" if args.format == "csv" else "\n")
+    return 1 if failed else 0
+
+
+def add_similar_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("similar-eval", help="measure retrieval against the softmax (writes weights/similar.json)",
+                       description="Gallery: HAM10000 train. Chooses k on val and the near-duplicate threshold "
+                                   "on val, then scores the k-NN vote and the ensemble's softmax on HAM10000 "
+                                   "val, test and derm7pt. Needs the full dataset.")
+    p.add_argument("--weights", help="weights folder (default weights/ or $DERM_WEIGHTS)")
+    p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, docs/data.md)")
+    p.add_argument("--derm7pt", help="derm7pt folder (default ../shared/derm7pt)")
+    p.add_argument("--out", default="weights/similar.json")
+    p.set_defaults(func=cmd_similar_eval)
+
+
+def cmd_similar_eval(args: argparse.Namespace) -> int:
+    from derm.data import DataNotFoundError
+    from derm.retrieval import evaluate
+
+    predictor = load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    command = "python -m derm " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m derm similar-eval"
+    try:
+        report = evaluate.evaluate(predictor, args.data, Path(args.derm7pt) if args.derm7pt else evaluate.DERM7PT,
+                                   command)
+    except (DataNotFoundError, FileNotFoundError) as exc:
+        print(f"derm similar-eval: {exc}", file=sys.stderr)
+        return 2
+    evaluate.write(report, Path(args.out))
+    print(f"k={report['k']} duplicate_threshold={report['duplicate_threshold']['value']}")
+    for name, s in report["sets"].items():
+        print(f"{name:14s} n={s['n']} knn bal_acc={s['knn']['balanced_accuracy']:.3f} "
+              f"auc={s['knn']['macro_auc']:.3f} p@8={s['knn']['precision_at_8']:.3f} | softmax "
+              f"bal_acc={s['softmax']['balanced_accuracy']:.3f} auc={s['softmax']['macro_auc']:.3f}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def add_similar_gallery_parser(sub: argparse._SubParsersAction) -> None:
