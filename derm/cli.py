@@ -319,6 +319,9 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
     net.add_argument("--objects-only", action="store_true",
                      help="fit only the ImageNet everyday-object check into the gate in --weights; the rest of the "
                           "gate stays (e.g. after an ensemble member other than the ResNet18 was added)")
+    net.add_argument("--thresholds-only", action="store_true",
+                     help="keep everything the gate in --weights fitted and choose its thresholds again, all "
+                          "checks together, on the validation images")
     p.set_defaults(func=cmd_fit_gate)
 
 
@@ -342,6 +345,8 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         return 2
     if args.objects_only:
         return fit_object_check_only(args)
+    if args.thresholds_only:
+        return fit_thresholds_only(args)
     predictor = load_predictor(args.weights, load_gate=False)  # the gate on disk may be stale: it is refitted
     if predictor is None:
         return 2
@@ -363,6 +368,25 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
         print(f"{name:16s} refused {share:6.1%}")
     print(f"wrote {Path(args.weights) / 'gate.json'} (min probability {params.min_probability:.4f}, "
           f"max distance {params.max_distance:.1f})")
+    return 0
+
+
+def fit_thresholds_only(args: argparse.Namespace) -> int:
+    from derm.data import DataNotFoundError
+    from derm.gate_fit import refit_thresholds
+
+    predictor = load_predictor(args.weights)
+    if predictor is None:
+        return 2
+    try:
+        params, shares = refit_thresholds(predictor, _gate_sources(args), ham_train_limit=args.ham_train_limit)
+    except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f"derm: {exc}", file=sys.stderr)
+        return 2
+    params.save(Path(args.weights))
+    for name, share in shares.items():
+        print(f"{name:16s} refused {share:6.1%}")
+    print(f"wrote {Path(args.weights) / 'gate.json'} (per-check share {params.notes['thresholds']['per_check_share']})")
     return 0
 
 

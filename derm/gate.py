@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -94,6 +96,13 @@ def image_statistics(rgb: np.ndarray) -> np.ndarray:
     ], dtype=np.float32)
 
 
+GATE_LAYERS = ("layer2", "layer3", "layer4")
+
+
+def position_stats(activation: torch.Tensor) -> list[torch.Tensor]:
+    return [activation.float().mean((2, 3)), activation.float().std((2, 3))]
+
+
 def pooled_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Mean and standard deviation over positions of layer2, layer3 and layer4 of a torchvision ResNet
     (N x 1792 for ResNet18): what the classifier 'sees' before the class decision throws the rest
@@ -101,10 +110,35 @@ def pooled_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     a camera's better than the means alone did on validation (docs/tried.md)."""
     x = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
     pooled = []
-    for layer in (model.layer2, model.layer3, model.layer4):
-        x = layer(x)
-        pooled += [x.float().mean((2, 3)), x.float().std((2, 3))]
+    for name in GATE_LAYERS:
+        x = getattr(model, name)(x)
+        pooled += position_stats(x)
     return torch.cat(pooled, 1).numpy()
+
+
+@contextmanager
+def captured_activations(model: nn.Module) -> Iterator[list[np.ndarray]]:
+    """pooled_activations of the first forward pass through `model` inside the block (the identity
+    view, when the classifier also runs TTA views), recorded by forward hooks: the app's diagnosis
+    already runs the ResNet18 the gate reads, so the gate need not run it a second time. The list
+    holds the N x 1792 array once a pass ran, and stays empty otherwise."""
+    stats: dict[str, list[torch.Tensor]] = {}
+    captured: list[np.ndarray] = []
+
+    def record(name: str):
+        def hook(_module, _inputs, output):
+            if name not in stats:
+                stats[name] = position_stats(output)
+                if len(stats) == len(GATE_LAYERS):
+                    captured.append(torch.cat([t for n in GATE_LAYERS for t in stats[n]], 1).numpy())
+        return hook
+
+    handles = [getattr(model, name).register_forward_hook(record(name)) for name in GATE_LAYERS]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ----------------------------------------------------------------------------- the fitted gate
@@ -243,10 +277,13 @@ class DomainGate:
         self.objects = objects  # the ImageNet object check (derm.gate_objects), when the gate has one
 
     @torch.no_grad()
-    def features(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(deep N x D, statistics N x 15); `inputs` are the images at the classifier's input size."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            deep = pooled_activations(self.model, self.to_tensor(images))
+    def features(self, images: list[np.ndarray], inputs: list[np.ndarray],
+                 deep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(deep N x D, statistics N x 15); `inputs` are the images at the classifier's input size;
+        `deep`: the activations already recorded from the classifier's own pass (captured_activations)."""
+        if deep is None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                deep = pooled_activations(self.model, self.to_tensor(images))
         return deep.astype(np.float64), np.stack([image_statistics(im) for im in inputs]).astype(np.float64)
 
     def device_probabilities(self, images: list[np.ndarray]) -> np.ndarray | None:
@@ -257,8 +294,9 @@ class DomainGate:
         return gate_net.probabilities(self.net, np.stack([gate_net.net_input(im, size) for im in images]),
                                       flips=self.params.net.get("flips", False))
 
-    def check(self, images: list[np.ndarray], inputs: list[np.ndarray]) -> list[GateDecision]:
-        deep, stats = self.features(images, inputs)
+    def check(self, images: list[np.ndarray], inputs: list[np.ndarray],
+              deep: np.ndarray | None = None) -> list[GateDecision]:
+        deep, stats = self.features(images, inputs, deep)
         decisions = decide(self.params, deep, stats, self.device_probabilities(images))
         decisions = self.judged_for_objects(decisions, images)
         return [judged_at_size(d, im.shape[:2]) for d, im in zip(decisions, images)]

@@ -36,8 +36,9 @@ from torch import nn
 from tqdm import tqdm
 
 from derm import data, gate_net, gate_objects, negatives
-from derm.gate import (FEATURE_MODEL, KINDS, DomainGate, GateParams, decide, file_sha256, load_net, mahalanobis,
-                       regression_inputs)
+from derm.gate import (FEATURE_MODEL, GREY_SPREAD, KINDS, STAT_NAMES, DomainGate, GateParams, decide, file_sha256,
+                       kind_probabilities, load_net, mahalanobis, regression_inputs)
+from derm.gate_thresholds import CheckScores, choose_thresholds, refused
 from derm.gate_sets import SHOULD_ACCEPT, SHOULD_REFUSE
 from derm.pipeline import Predictor, classifier_input
 from derm.weights import to_fp16, to_fp32
@@ -50,7 +51,7 @@ class GateFitConfig:
     """The gate's recipe; every number is chosen on validation images (see module docstring)."""
 
     pca_components: int = 64
-    accept_val_share: float = 0.99   # each threshold keeps this share of every validation dermoscopic source
+    accept_val_share: float = 0.99   # the whole gate keeps this share of every validation dermoscopic source
     regularisation: float = 0.3      # inverse L2 strength of the regression
     drawn_per_kind: int = 300        # blank frames, screens and photo crops drawn for fitting
     isic_train_step: int = 2         # every 2nd isic2018_task1 train image
@@ -159,9 +160,10 @@ def kind_of(key: str) -> str:
 def fit_params(fit: dict[str, tuple[np.ndarray, np.ndarray]], val: dict[str, tuple[np.ndarray, np.ndarray]],
                feature_sha256: str, config: GateFitConfig = GateFitConfig()) -> GateParams:
     """PCA + Ledoit-Wolf Mahalanobis on the dermoscopic fit images, a balanced logistic regression
-    over all kinds, then both thresholds from the validation dermoscopic images alone: each keeps
+    over all kinds, then provisional thresholds from the validation dermoscopic images alone: each keeps
     `accept_val_share` of every dermoscopic source (keys 'dermoscopic/<source>'), so a small source
-    (another atlas) is not outvoted by a large one."""
+    (another atlas) is not outvoted by a large one. fit_gate then chooses every check's threshold
+    together (with_joint_thresholds)."""
     deep_pos = np.concatenate([v[0] for k, v in fit.items() if kind_of(k) == "dermoscopic"])
     pca = PCA(n_components=min(config.pca_components, *deep_pos.shape), random_state=config.seed).fit(deep_pos)
     covariance = LedoitWolf().fit(pca.transform(deep_pos))
@@ -212,22 +214,6 @@ def train_device_net(fit: dict[str, list], config: GateFitConfig, progress: bool
     net = gate_net.train_net(images, labels, groups, config.net, progress)
     net.load_state_dict(to_fp32(to_fp16(net.state_dict())))
     return net
-
-
-def net_threshold(net: nn.Module, val: dict[str, list], config: GateFitConfig) -> tuple[float, dict[str, np.ndarray]]:
-    """The device network's threshold, chosen like the regression's: it keeps `accept_val_share` of
-    every validation source of dermatoscopic images. Returns it and the validation probabilities."""
-    val_probs = {k: gate_net.probabilities(net, net_inputs_of(v, config.net.size), config.net.flips)
-                 for k, v in val.items() if len(v)}
-    threshold = min(np.quantile(p, 1 - config.accept_val_share) for k, p in val_probs.items()
-                    if kind_of(k) == "dermoscopic")
-    return float(threshold), val_probs
-
-
-def refused_share(params: GateParams, features: tuple[np.ndarray, np.ndarray],
-                  device: np.ndarray | None = None) -> float:
-    decisions = decide(params, *features, device)
-    return float(np.mean([not d.in_domain for d in decisions])) if decisions else float("nan")
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -333,8 +319,8 @@ def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config:
              ham_train_limit: int = 2000, keep_net_from: Path | None = None
              ) -> tuple[GateParams, nn.Module | None, dict]:
     """Fit the gate for a Predictor's feature classifier and train its device network, or keep the
-    network shipped in `keep_net_from` and choose only its threshold again (cheap after a ResNet18
-    re-ship). Returns the parameters, the network (None when config.net is None) and the validation
+    network shipped in `keep_net_from` (cheap after a ResNet18 re-ship); the thresholds of all checks are
+    then chosen together (`with_joint_thresholds`). Returns the parameters, the network (None when config.net is None) and the validation
     shares refused."""
     net = None
     if keep_net_from is not None:
@@ -345,18 +331,63 @@ def fit_gate(predictor: Predictor, sources: GateSources = GateSources(), config:
     fit = {k: features_of(extractor, v, input_hw, desc=f"fit {k}") for k, v in fit_images.items()}
     val = {k: features_of(extractor, v, input_hw, desc=f"val {k}") for k, v in val_images.items()}
     params = fit_params(fit, val, feature_sha(predictor.weights_dir, predictor), config)
-    val_device = {}
     if config.net is None:
         net = None
     else:
         net = net if net is not None else train_device_net(fit_images, config)
-        params.net_min_probability, val_device = net_threshold(net, val_images, config)
         params.net = dataclasses.asdict(config.net)
-    shares = {f"val {k}": refused_share(params, v, val_device.get(k)) for k, v in val.items()}
-    params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}
-    objects, _ = fit_objects(fit_images, val_images, predictor.classifiers[FEATURE_MODEL].bf16)
+    bf16 = predictor.classifiers[FEATURE_MODEL].bf16
+    objects, _ = fit_objects(fit_images, val_images, bf16)
     params.objects = objects.to_dict()
+    gate = DomainGate(params, extractor.model, extractor.to_tensor, bf16, net,
+                      gate_objects.load_object_check(objects, bf16))
+    shares = with_joint_thresholds(gate, val_images, input_hw, config.accept_val_share)
     return params, net, shares
+
+
+def check_scores_of(gate: DomainGate, items: list, input_hw: tuple[int, int], desc: str = "") -> CheckScores:
+    """Every check's score for images given as arrays or paths, through a fitted gate."""
+    deep, stats = features_of(gate, items, input_hw, desc=desc)
+    _, distance = mahalanobis(gate.params, deep)
+    probability = kind_probabilities(gate.params, regression_inputs(deep, distance, stats))[:, 0]
+    missing = np.full(len(deep), np.nan)
+    device = missing if gate.net is None else gate_net.probabilities(
+        gate.net, net_inputs_of(items, gate.params.net["size"]), gate.params.net.get("flips", False))
+    objects = missing if gate.objects is None else gate_objects.object_scores(
+        imagenet_probabilities_of(gate.objects.model, items, gate.objects.bf16), gate.objects.params.lesion_like)[0]
+    grey = stats[:, STAT_NAMES.index("channel_spread")] < GREY_SPREAD
+    return CheckScores(probability, distance, device, objects, grey)
+
+
+def with_joint_thresholds(gate: DomainGate, val_images: dict[str, list], input_hw: tuple[int, int],
+                          keep: float) -> dict[str, float]:
+    """Set the gate's thresholds together (derm.gate_thresholds) so that the whole gate keeps `keep` of
+    every validation dermatoscopic source; returns the share of every validation set it refuses."""
+    scores = {k: check_scores_of(gate, list(v), input_hw, desc=f"val {k}") for k, v in val_images.items() if len(v)}
+    chosen, share = choose_thresholds({k: s for k, s in scores.items() if kind_of(k) == "dermoscopic"}, keep)
+    params = gate.params
+    params.min_probability, params.max_distance = chosen.min_probability, chosen.max_distance
+    if gate.net is not None:
+        params.net_min_probability = chosen.net_min_probability
+    if params.objects:
+        params.objects["threshold"] = chosen.object_threshold
+        gate.objects.params.threshold = chosen.object_threshold
+    shares = {f"val {k}": float(refused(s, chosen).mean()) for k, s in scores.items()}
+    params.notes["thresholds"] = {"chosen": "together: the whole gate keeps this share of every validation "
+                                            "dermatoscopic source", "keep": keep, "per_check_share": round(share, 5)}
+    params.notes["val_refused"] = {k: round(v, 4) for k, v in shares.items()}
+    return shares
+
+
+def refit_thresholds(predictor: Predictor, sources: GateSources = GateSources(),
+                     config: GateFitConfig = GateFitConfig(), ham_train_limit: int = 2000) -> tuple[GateParams, dict]:
+    """Keep everything the shipped gate fitted and choose its thresholds again, together."""
+    if predictor.gate is None:
+        raise ValueError(f"{predictor.weights_dir} has no domain gate to re-threshold; fit one: python -m derm fit-gate")
+    _, val_images, _ = fitting_sets(sources, config, ham_train_limit)
+    shares = with_joint_thresholds(predictor.gate, val_images, predictor.classifiers[FEATURE_MODEL].input_hw,
+                                   config.accept_val_share)
+    return predictor.gate.params, shares
 
 
 def add_object_check(weights_dir: Path, sources: GateSources = GateSources(), config: GateFitConfig = GateFitConfig(),

@@ -467,7 +467,8 @@ CHOICES = [
     ("U-Net and mask cleaning", "an ImageNet-pretrained EfficientNet-Lite0 encoder, trained at 144x192 and then "
      "fine-tuned at 192x256, also on isic2018_task1's masks; threshold, flips and cleaning rule chosen on HAM10000 and "
      "isic2018_task1 validation; each step shipped for at least +0.003 of isic2018_task1 validation Dice"),
-    ("Domain gate", "thresholds that keep 99% of each validation source of dermatoscopic images"),
+    ("Domain gate", "all checks' thresholds chosen together: the strictest at which the whole gate keeps 99% of "
+     "each validation source of dermatoscopic images"),
 ]
 
 

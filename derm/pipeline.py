@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from derm.classes import CLASSES, NUM_CLASSES
 from derm.colour import apply_constancy
 from derm.combination import carrying_slot, combine_weighted, routing_weights
 from derm.data import resize_rgb
-from derm.gate import FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, has_gate, load_net, load_params_for
+from derm.gate import (FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, captured_activations, has_gate,
+                       load_net, load_params_for)
 from derm.gate_objects import ObjectCheckParams, load_object_check
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
@@ -110,6 +112,13 @@ class ClassifierModel:
         """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             return torch.logsumexp(self.model(x).float(), 1).numpy()
+
+    @torch.no_grad()
+    def energy_of_features(self, pooled: np.ndarray) -> np.ndarray:
+        """energy() from the pooled features of a pass that already ran (probabilities_and_features)."""
+        head = classifier_head(self.model)
+        logits = head(torch.as_tensor(np.atleast_2d(pooled), dtype=head.weight.dtype))
+        return torch.logsumexp(logits.float(), 1).numpy()
 
 
 def classifier_head(model: nn.Module) -> nn.Module:
@@ -267,13 +276,14 @@ class Predictor:
         objects = load_object_check(ObjectCheckParams.from_dict(params.objects), clf.bf16)
         return DomainGate(params, clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir), objects)
 
-    def check_domain(self, images: list[np.ndarray]) -> list[GateDecision | None]:
-        """The gate's verdict per image (None for each when these weights have no gate)."""
+    def check_domain(self, images: list[np.ndarray], deep: np.ndarray | None = None) -> list[GateDecision | None]:
+        """The gate's verdict per image (None for each when these weights have no gate); `deep`: the
+        feature classifier's activations when its pass already ran (captured_activations)."""
         if self.gate is None:
             return [None] * len(images)
         inputs = [classifier_input(im, self.classifiers[FEATURE_MODEL].input_hw) for im in images]
         with self._lock:
-            return self.gate.check(images, inputs)
+            return self.gate.check(images, inputs, deep)
 
     # -- classification
 
@@ -323,26 +333,34 @@ class Predictor:
 
     def analyse(self, rgb: np.ndarray, with_mask: bool = True) -> Result:
         """Classify, segment, measure and warn for one RGB uint8 image."""
-        tg = time.perf_counter()
-        domain = self.check_domain([rgb])[0]
         t0 = time.perf_counter()
         features: dict[str, np.ndarray] = {}
-        combined, per_model = self.ensemble(self.model_probabilities([rgb], features))
+        with self._lock, self._gate_activations() as deep:  # the gate reads the classification's own pass
+            combined, per_model = self.ensemble(self.model_probabilities([rgb], features))
         t1 = time.perf_counter()
+        domain = self.check_domain([rgb], deep[0] if deep else None)[0]
+        tg = time.perf_counter()
         probs = {c: float(combined[0, i]) for i, c in enumerate(CLASSES)}
         label = max(probs, key=probs.get)
         result = Result(probabilities=probs,
                         per_model={m: {c: float(p[0, i]) for i, c in enumerate(CLASSES)} for m, p in per_model.items()},
                         source=dict(self.routing), label=label, confidence=probs[label],
-                        seconds={"gate": t0 - tg, "classify": t1 - t0}, domain=domain,
+                        seconds={"gate": tg - t1, "classify": t1 - t0}, domain=domain,
                         features={name: f[0] for name, f in features.items()},
                         weights=self.weights, prior_correction=self.prior_correction)
         if with_mask and self.segmenter is not None:
             result.mask, _ = self.segmenter.mask(rgb)
             result.lesion = lesion.measure(rgb, result.mask)
-            result.seconds["segment"] = time.perf_counter() - t1
+            result.seconds["segment"] = time.perf_counter() - tg
         result.warnings = self._warnings(rgb, result)
         return result
+
+    def _gate_activations(self) -> AbstractContextManager[list[np.ndarray]]:
+        """Records the activations the gate reads from the feature classifier's next pass (nothing
+        without a gate)."""
+        if self.gate is None:
+            return nullcontext([])
+        return captured_activations(self.classifiers[FEATURE_MODEL].model)
 
     def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
         warnings = []
@@ -365,8 +383,9 @@ class Predictor:
                                 "close-up, or the lesion is larger than the field of view.")
         if self.ood:
             clf = self.classifiers[self.ood["model"]]
-            with self._lock:
-                energy = float(clf.energy(clf.tensor([rgb]))[0])
+            pooled = (result.features or {}).get(self.ood["model"])
+            with self._lock:  # from the diagnosis's own pass where it kept the features
+                energy = float((clf.energy(clf.tensor([rgb])) if pooled is None else clf.energy_of_features(pooled))[0])
             if energy < self.ood["energy_threshold"]:
                 warnings.append("This image looks unlike the training images (out-of-distribution score "
                                 f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")

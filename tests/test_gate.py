@@ -364,3 +364,53 @@ def test_group_weights_give_each_source_an_equal_part_of_its_class():
     assert w.sum() == pytest.approx(1.0)
     for name in np.unique(groups):
         assert w[groups == name].sum() == pytest.approx(0.25)
+
+
+def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(shipped_predictor):
+    """analyse() lets the gate (and the out-of-distribution energy) read the classification's own
+    ResNet18 pass."""
+    from derm.data import TEST_SUBSET_DIR
+    from derm.gate import FEATURE_MODEL
+
+    rgb = cv2.cvtColor(cv2.imread(str(sorted((TEST_SUBSET_DIR / "images").glob("*.jpg"))[3])), cv2.COLOR_BGR2RGB)
+    screen = negatives.generate("screen", 1, 5)[0]
+    model = shipped_predictor.classifiers[FEATURE_MODEL].model
+    calls = []
+    handle = model.conv1.register_forward_hook(lambda *_: calls.append(1))  # every pass, whole or by layers
+    try:
+        for image in (rgb, screen):
+            calls.clear()
+            verdict = shipped_predictor.analyse(image, with_mask=False).domain
+            assert len(calls) == 1 + len(shipped_predictor.classifiers[FEATURE_MODEL].tta)
+            alone = shipped_predictor.check_domain([image])[0]
+            assert verdict.in_domain == alone.in_domain and verdict.kind == alone.kind
+            assert verdict.probability == pytest.approx(alone.probability, abs=1e-4)
+            assert verdict.distance == pytest.approx(alone.distance, rel=1e-4)
+    finally:
+        handle.remove()
+    clf = shipped_predictor.classifiers[FEATURE_MODEL]
+    x = clf.tensor([rgb])
+    _, pooled = clf.probabilities_and_features(x)
+    assert clf.energy_of_features(pooled) == pytest.approx(clf.energy(x), abs=0.05)
+
+
+def test_joint_thresholds_model_the_real_gate_and_keep_the_share():
+    """with_joint_thresholds chooses every check's threshold from scores (derm.gate_thresholds); the
+    gate's own decisions with those thresholds must refuse exactly the images those scores say."""
+    from derm.data import TEST_SUBSET_DIR
+    from derm.gate import FEATURE_MODEL
+    from derm.gate_fit import with_joint_thresholds
+    from derm.pipeline import Predictor
+
+    predictor = Predictor(SHIPPED)  # its own: the thresholds are changed in place
+    paths = sorted((TEST_SUBSET_DIR / "images").glob("*.jpg"))[::25]
+    lesions = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    screens = negatives.generate("screen", 12, 3)
+    shares = with_joint_thresholds(predictor.gate, {"dermoscopic/ham": lesions, "screen": screens},
+                                   predictor.classifiers[FEATURE_MODEL].input_hw, keep=0.95)
+    assert shares["val dermoscopic/ham"] <= 0.05
+    assert predictor.gate.params.notes["thresholds"]["keep"] == 0.95
+    for images, key in ((lesions, "val dermoscopic/ham"), (screens, "val screen")):
+        decided = np.mean([not d.in_domain for d in predictor.check_domain(images)])
+        assert decided == pytest.approx(shares[key])
+    assert shares["val screen"] >= 0.9
