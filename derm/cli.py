@@ -326,7 +326,7 @@ def _add_fit_gate(sub: argparse._SubParsersAction) -> None:
 
 
 def _gate_sources(args: argparse.Namespace):
-    from derm.gate_fit import GateSources
+    from derm.gate.fit import GateSources
 
     defaults = GateSources()
     return GateSources(ham=args.data, isic=Path(args.isic) if args.isic else defaults.isic,
@@ -335,8 +335,8 @@ def _gate_sources(args: argparse.Namespace):
 
 def cmd_fit_gate(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
-    from derm.gate_fit import GateFitConfig, fit_gate
-    from derm.gate_net import NET_FILE
+    from derm.gate.fit import GateFitConfig, fit_gate
+    from derm.gate.net import NET_FILE
     from derm.weights import save_state_fp16
 
     if args.keep_net and args.net_steps:
@@ -373,7 +373,7 @@ def cmd_fit_gate(args: argparse.Namespace) -> int:
 
 def fit_thresholds_only(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
-    from derm.gate_fit import refit_thresholds
+    from derm.gate.fit import refit_thresholds
 
     predictor = load_predictor(args.weights)
     if predictor is None:
@@ -392,7 +392,7 @@ def fit_thresholds_only(args: argparse.Namespace) -> int:
 
 def fit_object_check_only(args: argparse.Namespace) -> int:
     from derm.data import DataNotFoundError
-    from derm.gate_fit import add_object_check
+    from derm.gate.fit import add_object_check
     from derm.precision import cpu_has_fast_bf16
 
     try:
@@ -410,7 +410,7 @@ def fit_object_check_only(args: argparse.Namespace) -> int:
 
 
 def _add_gate_check(sub: argparse._SubParsersAction) -> None:
-    from derm.gate_sets import SHOULD_ACCEPT, SHOULD_REFUSE
+    from derm.gate.sets import SHOULD_ACCEPT, SHOULD_REFUSE
 
     p = sub.add_parser("gate-check", help="share of images the domain gate refuses, per folder or named set",
                        description="Runs each image through the app's domain gate and prints, per folder or "
@@ -430,7 +430,7 @@ def cmd_gate_check(args: argparse.Namespace) -> int:
     import json
 
     from derm.data import DataNotFoundError
-    from derm.gate_fit import SHOULD_ACCEPT, SHOULD_REFUSE, check_sets
+    from derm.gate.fit import SHOULD_ACCEPT, SHOULD_REFUSE, check_sets
 
     predictor = load_predictor(args.weights)
     if predictor is None:

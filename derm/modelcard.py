@@ -196,7 +196,7 @@ def details_section(card: CardInputs) -> list[str]:
               f"of the slots' scores for that class ({_rule_words(ens)}), divided by the class's training share to "
               f"the power τ = {ens['prior_correction']} (which lifts the rare classes), and the seven scores are "
               "renormalised; the label is the highest. The U-Net's mask is cleaned to the most central lesion, holes "
-              "filled. A domain gate (`derm/gate.py`) first asks whether the image is a dermatoscopic image at all.", ""]
+              "filled. A domain gate (`derm/gate/domain.py`) first asks whether the image is a dermatoscopic image at all.", ""]
     return lines
 
 

@@ -22,9 +22,9 @@ from derm.classes import CLASSES, NUM_CLASSES
 from derm.colour import apply_constancy
 from derm.combination import carrying_slot, combine_weighted, routing_weights
 from derm.data import resize_rgb
-from derm.gate import (FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, captured_activations, has_gate,
+from derm.gate.domain import (FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, captured_activations, has_gate,
                        load_net, load_params_for)
-from derm.gate_objects import ObjectCheckParams, load_object_check
+from derm.gate.objects import ObjectCheckParams, load_object_check
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask

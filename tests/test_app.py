@@ -276,7 +276,7 @@ def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir
 
 
 def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(runs_dir, small_gallery, monkeypatch):
-    from derm.gate import GateDecision
+    from derm.gate.domain import GateDecision
     from derm.pipeline import Predictor
 
     refused = GateDecision(False, 0.01, 99.0, "photo", "It looks like an ordinary photo.")

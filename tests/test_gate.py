@@ -14,9 +14,11 @@ import torch
 import pytest
 from PIL import Image
 
-from derm import gate, gate_net, negatives
-from derm.gate import KINDS, GateParams, decide, image_statistics
-from derm.gate_fit import GateFitConfig, case_share, fit_params
+from derm.gate import domain as gate
+from derm.gate import negatives
+from derm.gate import net as gate_net
+from derm.gate.domain import KINDS, GateParams, decide, image_statistics
+from derm.gate.fit import GateFitConfig, case_share, fit_params
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "weights"
@@ -74,7 +76,7 @@ def test_params_round_trip_and_refuse_another_classifier(tmp_path):
 
 
 def test_device_net_round_trips_with_its_params(tmp_path):
-    from derm import gate_net
+    from derm.gate import net as gate_net
     from derm.weights import save_state_fp16
 
     rng = np.random.default_rng(7)
@@ -146,7 +148,7 @@ def test_shipped_gate_on_other_sources(shipped_predictor):
     """On the share of derm7pt cases the gate never saw: most clinical photos refused (92% of all of
     them in weights/gate_report.json), the dermoscopic images accepted (4.4% of all 298 refused there).
     Every third dermoscopic image is about 100: a binomial spread of 2 points, hence the bound of 8%."""
-    from derm.gate_fit import folder_paths, read_rgb
+    from derm.gate.fit import folder_paths, read_rgb
 
     clinical = folder_paths(SHARED / "derm7pt" / "clinical", "report")[::2]
     dermoscopic = folder_paths(SHARED / "derm7pt" / "images", "report")[::3]
@@ -276,7 +278,7 @@ def _device_like(rng: np.random.Generator, n: int, dermoscopic: bool) -> np.ndar
 
 
 def test_device_net_learns_to_tell_the_kinds_apart():
-    from derm import gate_net
+    from derm.gate import net as gate_net
 
     rng = np.random.default_rng(6)
     images = np.concatenate([_device_like(rng, 60, True), _device_like(rng, 60, False)])
@@ -289,7 +291,7 @@ def test_device_net_learns_to_tell_the_kinds_apart():
 
 
 def test_device_net_flip_views_make_its_verdict_orientation_free():
-    from derm import gate_net
+    from derm.gate import net as gate_net
 
     rng = np.random.default_rng(8)
     net = gate_net.DeviceNet(8).eval()
@@ -340,8 +342,8 @@ def test_fit_gate_refuses_net_steps_with_keep_net(capsys):
 def test_kept_device_net_keeps_its_recipe_and_takes_todays_flips(tmp_path):
     import dataclasses
 
-    from derm.gate import GateParams
-    from derm.gate_fit import GateFitConfig, kept_device_net
+    from derm.gate.domain import GateParams
+    from derm.gate.fit import GateFitConfig, kept_device_net
     from derm.weights import save_state_fp16
 
     recipe = gate_net.NetConfig(steps=7, width=8, flips=False)
@@ -356,7 +358,7 @@ def test_kept_device_net_keeps_its_recipe_and_takes_todays_flips(tmp_path):
 
 
 def test_group_weights_give_each_source_an_equal_part_of_its_class():
-    from derm.gate_net import group_weights
+    from derm.gate.net import group_weights
 
     groups = np.array(["dermoscopic/big"] * 90 + ["dermoscopic/small"] * 10 + ["clinical"] * 5 + ["blank"] * 45)
     labels = np.array([int(g.startswith("dermoscopic")) for g in groups])
@@ -370,7 +372,7 @@ def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(s
     """analyse() lets the gate (and the out-of-distribution energy) read the classification's own
     ResNet18 pass."""
     from derm.data import TEST_SUBSET_DIR
-    from derm.gate import FEATURE_MODEL
+    from derm.gate.domain import FEATURE_MODEL
 
     rgb = cv2.cvtColor(cv2.imread(str(sorted((TEST_SUBSET_DIR / "images").glob("*.jpg"))[3])), cv2.COLOR_BGR2RGB)
     screen = negatives.generate("screen", 1, 5)[0]
@@ -395,11 +397,11 @@ def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(s
 
 
 def test_joint_thresholds_model_the_real_gate_and_keep_the_share():
-    """with_joint_thresholds chooses every check's threshold from scores (derm.gate_thresholds); the
+    """with_joint_thresholds chooses every check's threshold from scores (derm.gate.thresholds); the
     gate's own decisions with those thresholds must refuse exactly the images those scores say."""
     from derm.data import TEST_SUBSET_DIR
-    from derm.gate import FEATURE_MODEL
-    from derm.gate_fit import with_joint_thresholds
+    from derm.gate.domain import FEATURE_MODEL
+    from derm.gate.fit import with_joint_thresholds
     from derm.pipeline import Predictor
 
     predictor = Predictor(SHIPPED)  # its own: the thresholds are changed in place

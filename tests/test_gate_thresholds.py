@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from derm.gate_thresholds import CheckScores, Thresholds, choose_thresholds, refused, thresholds_at
+from derm.gate.thresholds import CheckScores, Thresholds, choose_thresholds, refused, thresholds_at
 
 
 def scores(n: int, seed: int, shift: float = 0.0, checks: int = 4) -> CheckScores:

@@ -15,7 +15,7 @@ from pypdf import PdfReader
 
 from derm import data, report, report_pdf
 from derm.classes import CLASSES, FULL_NAMES
-from derm.gate import REASONS, GateDecision
+from derm.gate.domain import REASONS, GateDecision
 from derm.imageio import load_image
 from derm.pipeline import Predictor
 from derm.retrieval import similar

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from derm import gate
+from derm.gate import domain as gate
 from derm.data import TEST_SUBSET_DIR
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,11 +9,11 @@ kinds of evidence from one image:
 - plain image statistics (flat areas, colour count, edges, saturation, vignette),
 
 and a logistic regression over both, fitted against images the models were not made for
-(clinical photos, everyday photos, screenshots and drawings, synthetic frames; `derm.gate_fit`).
-A small network trained for the one question "taken through a dermatoscope?" (`derm.gate_net`)
+(clinical photos, everyday photos, screenshots and drawings, synthetic frames; `derm.gate.fit`).
+A small network trained for the one question "taken through a dermatoscope?" (`derm.gate.net`)
 adds a second probability, from the original image. An image is in domain when both probabilities
 clear their thresholds and its distance stays below one; every threshold is chosen on validation
-images (`derm.gate_fit`). The reason shown to the user is the non-dermatoscopic kind the
+images (`derm.gate.fit`). The reason shown to the user is the non-dermatoscopic kind the
 regression finds most likely.
 """
 
@@ -32,8 +32,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from derm import gate_net, weights
-from derm.gate_objects import ObjectCheck
+from derm import weights
+from derm.gate import net as gate_net
+from derm.gate.objects import ObjectCheck
 
 GATE_JSON, GATE_TENSORS = "gate.json", "gate.safetensors"
 FEATURE_MODEL = "resnet18"
@@ -163,7 +164,7 @@ class GateParams:
     notes: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)  # the device network's NetConfig (gate_net.safetensors); {} = none
     net_min_probability: float = 0.0         # its P(dermatoscopic) below this is refused
-    objects: dict = field(default_factory=dict)  # the ImageNet object check (derm.gate_objects); {} = none
+    objects: dict = field(default_factory=dict)  # the ImageNet object check (derm.gate.objects); {} = none
 
     ARRAYS = ("pca_mean", "pca_components", "maha_precision", "maha_centre", "scale_mean", "scale_std",
               "coef", "intercept")
@@ -273,8 +274,8 @@ class DomainGate:
         self.model = model
         self.to_tensor = to_tensor  # list of RGB images -> the classifier's normalised input batch
         self.bf16 = bf16
-        self.net = net  # the device network (derm.gate_net), when the gate has one
-        self.objects = objects  # the ImageNet object check (derm.gate_objects), when the gate has one
+        self.net = net  # the device network (derm.gate.net), when the gate has one
+        self.objects = objects  # the ImageNet object check (derm.gate.objects), when the gate has one
 
     @torch.no_grad()
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray],

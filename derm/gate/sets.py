@@ -1,5 +1,5 @@
-"""The named image sets the domain gate is checked on, by the verdict each should get (derm.gate_fit
-says what each holds). Apart from derm.gate_fit so that the CLI's help lists them without loading it."""
+"""The named image sets the domain gate is checked on, by the verdict each should get (derm.gate.fit
+says what each holds). Apart from derm.gate.fit so that the CLI's help lists them without loading it."""
 
 from __future__ import annotations
 

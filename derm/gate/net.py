@@ -3,7 +3,7 @@
 The domain gate's regression reads the features of a classifier trained to tell lesions apart; they
 separate a camera's close-up of a mole from a dermatoscope's view with AUC ~0.96, which left a
 quarter of clinical photos accepted (docs/tried.md). This network is trained for exactly that
-question, on the gate's own fitting images (`derm.gate_fit`): dermatoscopic images of three sources
+question, on the gate's own fitting images (`derm.gate.fit`): dermatoscopic images of three sources
 against clinical photos, photos, screens and blank frames, each source weighted equally so that no
 atlas's look can stand in for the device. Device-like augmentation (any rotation, zoom, colour,
 gain and blur) keeps it from keying on one camera's colours.

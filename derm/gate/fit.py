@@ -35,11 +35,14 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 from tqdm import tqdm
 
-from derm import data, gate_net, gate_objects, negatives
-from derm.gate import (FEATURE_MODEL, GREY_SPREAD, KINDS, STAT_NAMES, DomainGate, GateParams, decide, file_sha256,
+from derm import data
+from derm.gate import negatives
+from derm.gate import net as gate_net
+from derm.gate import objects as gate_objects
+from derm.gate.domain import (FEATURE_MODEL, GREY_SPREAD, KINDS, STAT_NAMES, DomainGate, GateParams, decide, file_sha256,
                        kind_probabilities, load_net, mahalanobis, regression_inputs)
-from derm.gate_thresholds import CheckScores, choose_thresholds, refused
-from derm.gate_sets import SHOULD_ACCEPT, SHOULD_REFUSE
+from derm.gate.thresholds import CheckScores, choose_thresholds, refused
+from derm.gate.sets import SHOULD_ACCEPT, SHOULD_REFUSE
 from derm.pipeline import Predictor, classifier_input
 from derm.weights import to_fp16, to_fp32
 
@@ -361,7 +364,7 @@ def check_scores_of(gate: DomainGate, items: list, input_hw: tuple[int, int], de
 
 def with_joint_thresholds(gate: DomainGate, val_images: dict[str, list], input_hw: tuple[int, int],
                           keep: float) -> dict[str, float]:
-    """Set the gate's thresholds together (derm.gate_thresholds) so that the whole gate keeps `keep` of
+    """Set the gate's thresholds together (derm.gate.thresholds) so that the whole gate keeps `keep` of
     every validation dermatoscopic source; returns the share of every validation set it refuses."""
     scores = {k: check_scores_of(gate, list(v), input_hw, desc=f"val {k}") for k, v in val_images.items() if len(v)}
     chosen, share = choose_thresholds({k: s for k, s in scores.items() if kind_of(k) == "dermoscopic"}, keep)
