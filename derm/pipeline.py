@@ -78,7 +78,7 @@ class ClassifierModel:
     normalization: dict
     temperature: float = 1.0
     tta: tuple[str, ...] = ()
-    bf16: bool = True  # bf16 autocast: ~1.6x faster on CPUs with native bf16 (derm.precision)
+    bf16: bool = True  # bf16 autocast: ~1.6x faster on CPUs with Intel AMX (derm.precision)
     colour: str = "none"  # the colour constancy it was trained with (derm.colour)
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
