@@ -28,7 +28,9 @@ from derm.classes import CLASSES
 # scipy, scikit-learn and derm.metrics are imported by the fitting functions only: the app and
 # `predict` combine with numpy alone and start a second sooner
 
-PRIOR_CORRECTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# prior-correction strengths, in steps of 0.125 where cross-validation has chosen (0 and 0.25 in steps of
+# 0.25, their scores within noise: the criterion is flat between them)
+PRIOR_CORRECTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 SHRINKAGES = (0.003, 0.03, 0.3)  # L2 strength on the soft weights' parameters: weak, medium, strong
 FREQUENT_SHARE = 0.10  # a class with at least this share of training images is "frequent"
 ROUTING_AUC_MARGIN = 0.02

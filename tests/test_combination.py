@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from derm.classes import CLASSES
-from derm.combination import (Candidate, carrying_slot, choose, combine_weighted, cross_validate, fit_soft_weights,
-                              frequency_routing, routing_weights)
+from derm.combination import (PRIOR_CORRECTIONS, Candidate, carrying_slot, choose, combine_weighted, cross_validate,
+                              fit_soft_weights, frequency_routing, routing_weights)
 
 COUNTS = {"AKIEC": 261, "BCC": 410, "BKL": 879, "DF": 92, "MEL": 891, "NV": 5364, "VASC": 114}
 
@@ -91,7 +91,7 @@ def test_choose_refits_the_winner_on_all_of_validation():
     prior /= prior.sum()
     choice = choose(slots, y, prior, COUNTS, slot_sets=[["good", "noise"]], folds=3, repeats=1)
     assert choice.table[0]["candidate"] == choice.candidate.name
-    assert len(choice.table) == 5 * 5  # routing, mean, three shrinkages; five prior corrections
+    assert len(choice.table) == 5 * len(PRIOR_CORRECTIONS)  # routing, mean, three shrinkages; each prior correction
     assert set(choice.weights) == set(CLASSES)
     for row in choice.weights.values():
         assert sum(row.values()) == pytest.approx(1.0, abs=1e-3)

@@ -326,3 +326,40 @@ def test_the_explorer_shows_test_coverage_and_the_images_whose_set_missed(weight
     at.toggle(key="explorer_missed").set_value(True).run()
     listed = [d.value for d in at.dataframe if "prediction_set" in d.value.columns]
     assert listed and sorted(listed[-1]["image_id"]) == sorted(missed(sets)["image_id"])
+
+
+def test_the_variant_is_the_smallest_that_keeps_every_judged_group_near_the_level():
+    """fit_conformal adds class widening, and the slots' agreement groups, only where held out on the
+    calibration images a class or the disagreeing images fall more than SHORTFALL under the level."""
+    from derm.uncertainty.conformal import SHORTFALL, slots_disagree
+
+    even, y_even = synthetic(1000, 11, prior=EVEN_PRIOR)
+    _, choice = fit_conformal(even, y_even)
+    assert choice["variant"] == "marginal"  # nothing under-covered: no addition pays for its larger sets
+    shrunk, y_shrunk = synthetic(1000, 2, shrink={2: 0.05})
+    _, choice = fit_conformal(shrunk, y_shrunk)
+    held = choice["variants"]
+    assert held["marginal"]["held_out"]["per_class"]["BKL"] < 0.9 - SHORTFALL
+    assert choice["variant"] == "classes widened"
+    assert held["classes widened"]["held_out"]["lowest_judged"] >= 0.9 - SHORTFALL
+    probs, y, slots = disagreeing_sample(1500, 7)
+    config, choice = fit_conformal(probs, y, disagree=slots_disagree(slots))
+    assert choice["variants"]["classes widened"]["held_out"]["slots_disagree"] < 0.9 - SHORTFALL
+    assert choice["variant"] == "slot groups and classes widened" and config.by_agreement
+
+
+def test_a_disagreeing_image_not_calibrated_apart_is_told_the_coverage_may_not_hold():
+    from derm.uncertainty.display import for_image, set_sentence
+
+    probs, y, slots = disagreeing_sample(1500, 7)
+    section = json.loads(json.dumps(fit_uncertainty(probs, y, slots)))
+    config = UncertaintyConfig.from_dict(section)
+    assert config.val_coverage_disagree[0.9] == pytest.approx(section["val"]["0.9"]["coverage_slots_disagree"])
+    config.conformal.by_agreement = {}  # as if the chosen variant had no agreement groups
+    config.val_coverage_disagree = {level: 0.8 for level in config.levels}
+    k = int(np.flatnonzero(slots["a"].argmax(1) != slots["b"].argmax(1))[0])
+    per_slot = {name: dict(zip(CLASSES, p[k])) for name, p in slots.items()}
+    item = for_image(config, dict(zip(CLASSES, probs[k])), 0.9, per_slot)
+    assert item.disagree_coverage == 0.8 and "80%" in set_sentence(item) and "may not hold" in set_sentence(item)
+    agreeing = {name: dict(zip(CLASSES, slots["a"][k])) for name in slots}
+    assert for_image(config, dict(zip(CLASSES, probs[k])), 0.9, agreeing).disagree_coverage is None

@@ -46,16 +46,24 @@ def section_lines(manifest: dict, metrics: dict, external: dict | None) -> list[
     apart = (" Images on which the ensemble's slots disagree about the top class were under-covered by one "
              "threshold for all, so they get thresholds of their own, calibrated on the validation images whose "
              f"slots disagreed ({', '.join(grouped)}): their sets are wider." if grouped else "")
+    choice = section.get("choice", {})
+    variant = (f" Which additions to plain split conformal the sets use was chosen on validation by cross-fitting "
+               f"({choice['rule']}): **{choice['variant']}**." if choice.get("variant") else "")
+    disagree = section.get("val", {}).get(f"{DEFAULT_LEVEL:g}", {}).get("coverage_slots_disagree")
+    told = (f" Images on which the ensemble's slots disagree are not calibrated apart: at {DEFAULT_LEVEL:.0%} their "
+            f"validation sets held the truth for {disagree:.1%}, and the page says for such an image that the stated "
+            "coverage may not hold." if not grouped and disagree is not None and disagree < DEFAULT_LEVEL else "")
     lines = ["## How sure: prediction sets and malignancy triage", "",
              "Beside its top class the app gives a **prediction set**: the diagnoses that, together, held the true one "
              "for a chosen share (80%, 90% or 95%) of the HAM10000 validation images. Split conformal prediction "
              f"calibrated on the {sets['n_calibration']} validation images with an adaptive score (RAPS, {penalty}, "
-             f"chosen by the smallest held-out set size): easy images get one class, hard ones several.{apart} "
-             "Classes the sets under-covered on validation are added wherever their "
-             "probability reaches a per-class minimum, so each reaches the level by itself ("
-             + "; ".join(f"{float(level):.0%}: {', '.join(codes) or 'none'}" for level, codes in widened.items())
-             + "). The guarantee needs images like the calibration images; on other clinics' images it is measured "
-             "below, not promised.", ""]
+             f"chosen by the smallest held-out set size): easy images get one class, hard ones several.{variant}{apart}"
+             + (" Classes the sets under-covered on validation are added wherever their "
+                "probability reaches a per-class minimum, so each reaches the level by itself ("
+                + "; ".join(f"{float(level):.0%}: {', '.join(codes) or 'none'}" for level, codes in widened.items())
+                + ")." if any(widened.values()) else "")
+             + f"{told} The guarantee needs images like the calibration images; on other clinics' images it is "
+             "measured below, not promised.", ""]
     lines += _table(["evaluation set", "level", "coverage", "mean set size", "lowest class coverage"],
                     [[title, f"{float(level):.0%}", _pct(lv["coverage"]), f"{lv['mean_size']:.2f}", _lowest_class(lv)]
                      for title, report in rows for level, lv in report["levels"].items()])

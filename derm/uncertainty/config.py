@@ -8,7 +8,7 @@ exported without the section (then no set and no triage are shown).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class UncertaintyConfig:
     triage: TriageConfig
     val_coverage: dict[float, float]  # level -> coverage measured on the calibration images
     val_mean_size: dict[float, float]
+    val_coverage_disagree: dict[float, float] = field(default_factory=dict)  # the same, images whose slots disagree
 
     @property
     def levels(self) -> tuple[float, ...]:
@@ -62,13 +63,17 @@ class UncertaintyConfig:
         return {"version": VERSION, "fitted_on": "HAM10000 validation split", "default_level": DEFAULT_LEVEL,
                 "sets": self.conformal.to_dict(), "triage": self.triage.to_dict(),
                 "val": {f"{level:g}": {"coverage": round(self.val_coverage[level], 4),
-                                       "mean_size": round(self.val_mean_size[level], 4)} for level in self.levels}}
+                                       "mean_size": round(self.val_mean_size[level], 4),
+                                       **({"coverage_slots_disagree": round(self.val_coverage_disagree[level], 4)}
+                                          if level in self.val_coverage_disagree else {})}
+                        for level in self.levels}}
 
     @classmethod
     def from_dict(cls, section: dict) -> UncertaintyConfig:
         val = {float(k): v for k, v in section.get("val", {}).items()}
         return cls(ConformalConfig.from_dict(section["sets"]), TriageConfig.from_dict(section["triage"]),
-                   {k: float(v["coverage"]) for k, v in val.items()}, {k: float(v["mean_size"]) for k, v in val.items()})
+                   {k: float(v["coverage"]) for k, v in val.items()}, {k: float(v["mean_size"]) for k, v in val.items()},
+                   {k: float(v["coverage_slots_disagree"]) for k, v in val.items() if "coverage_slots_disagree" in v})
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> UncertaintyConfig | None:
@@ -97,12 +102,14 @@ def fit_uncertainty_config(val_probs: np.ndarray, y_val: np.ndarray,
     disagree = slots_disagree(val_slot_probs)
     conformal, choice = fit_conformal(val_probs, y_val, levels, disagree=disagree)
     triage = fit_triage(val_probs, y_val)
-    coverage, size = {}, {}
+    coverage, size, coverage_disagree = {}, {}, {}
     for level in conformal.levels:
         member = conformal.membership(val_probs, level, disagree)
-        coverage[level] = float(member[np.arange(len(y_val)), y_val].mean())
-        size[level] = float(member.sum(1).mean())
-    return UncertaintyConfig(conformal, triage, coverage, size), choice
+        covered = member[np.arange(len(y_val)), y_val]
+        coverage[level], size[level] = float(covered.mean()), float(member.sum(1).mean())
+        if disagree is not None and disagree.any():
+            coverage_disagree[level] = float(covered[disagree].mean())
+    return UncertaintyConfig(conformal, triage, coverage, size, coverage_disagree), choice
 
 
 def fit_uncertainty(val_probs: np.ndarray, y_val: np.ndarray, val_slot_probs: dict[str, np.ndarray] | None = None

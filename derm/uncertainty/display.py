@@ -26,6 +26,7 @@ class ImageUncertainty:
     val_sensitivity: float | None
     val_specificity: float | None
     apart: bool = False  # the slots disagree and such images have thresholds of their own
+    disagree_coverage: float | None = None  # the slots disagree, not calibrated apart: such validation images' coverage
 
 
 def for_image(config: UncertaintyConfig, probabilities: dict[str, float], level: float | None = None,
@@ -38,9 +39,11 @@ def for_image(config: UncertaintyConfig, probabilities: dict[str, float], level:
     score = float(malignancy_score(probs)[0])
     disagree = slots_disagree(slots)
     apart = bool(disagree is not None and disagree[0] and config.conformal.by_agreement.get(level))
+    unsure = config.val_coverage_disagree.get(level) if disagree is not None and disagree[0] and not apart else None
     return ImageUncertainty(level, config.prediction_sets(probs, level, slots)[0], config.val_coverage.get(level), score,
                             score >= config.triage.threshold, config.triage.threshold,
-                            config.triage.val_sensitivity, config.triage.val_specificity, apart)
+                            config.triage.val_sensitivity, config.triage.val_specificity, apart,
+                            unsure if unsure is not None and unsure < level else None)
 
 
 def set_sentence(item: ImageUncertainty) -> str:
@@ -50,6 +53,10 @@ def set_sentence(item: ImageUncertainty) -> str:
     measured = "" if item.val_coverage is None else f" ({item.val_coverage:.1%} measured)"
     apart = (" The ensemble's models disagree on this image, so its set is calibrated on the validation images "
              "where they disagreed too, and is wider." if item.apart else "")
+    if item.disagree_coverage is not None:
+        apart = (" The ensemble's models disagree on this image: for validation images where they disagreed, the "
+                 f"sets held the true diagnosis only {item.disagree_coverage:.0%} of the time, so the stated coverage "
+                 "may not hold for this one.")
     return (f"Prediction set at {item.level:.0%}: {lead}. Sets made this way held the true diagnosis for at "
             f"least {item.level:.0%} of HAM10000 validation images{measured}.{apart}")
 
