@@ -280,7 +280,7 @@ def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(ru
     from derm.pipeline import Predictor
 
     refused = GateDecision(False, 0.01, 99.0, "photo", "It looks like an ordinary photo.")
-    monkeypatch.setattr(Predictor, "check_domain", lambda self, images: [refused] * len(images))
+    monkeypatch.setattr(Predictor, "check_domain", lambda self, images, deep=None: [refused] * len(images))
     monkeypatch.setenv("DERM_WORKERS", "0")  # the models in this process, where the patch is
     at = start_app()
     at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()

@@ -311,8 +311,10 @@ def held_out_report(probs: np.ndarray, y: np.ndarray, variant: Variant, penalty:
     judged = [covered[:, y == c].mean() for c in range(NUM_CLASSES) if counts[c] >= MIN_JUDGED]
     if disagree is not None and disagree.any():
         judged.append(covered[:, np.asarray(disagree, dtype=bool)].mean())
+    # too few images to judge any group (a quick export on a few images): the overall coverage stands in
+    lowest = min(judged) if judged else covered.mean()
     return {"coverage": round(float(covered.mean()), 4), "mean_size": round(float(np.mean(sizes)), 4),
-            "per_class": per_class, "lowest_judged": round(float(min(judged)), 4),
+            "per_class": per_class, "lowest_judged": round(float(lowest), 4),
             **({"slots_disagree": round(float(covered[:, np.asarray(disagree, dtype=bool)].mean()), 4)}
                if disagree is not None and disagree.any() else {})}
 
