@@ -383,11 +383,7 @@ def fit_thresholds_only(args: argparse.Namespace) -> int:
     except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"derm: {exc}", file=sys.stderr)
         return 2
-    params.save(Path(args.weights))
-    for name, share in shares.items():
-        print(f"{name:16s} refused {share:6.1%}")
-    print(f"wrote {Path(args.weights) / 'gate.json'} (per-check share {params.notes['thresholds']['per_check_share']})")
-    return 0
+    return saved_gate(args, params, shares, "refused", f"per-check share {params.notes['thresholds']['per_check_share']}")
 
 
 def fit_object_check_only(args: argparse.Namespace) -> int:
@@ -401,11 +397,17 @@ def fit_object_check_only(args: argparse.Namespace) -> int:
     except (DataNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"derm: {exc}", file=sys.stderr)
         return 2
+    return saved_gate(args, params, shares, "refused by the object check",
+                      f"object threshold {params.objects['threshold']:.4f}, "
+                      f"{len(params.objects['lesion_like'])} lesion-like ImageNet classes")
+
+
+def saved_gate(args: argparse.Namespace, params, shares: dict[str, float], verb: str, summary: str) -> int:
+    """Write a refitted gate's parameters into --weights and print the validation shares it refuses."""
     params.save(Path(args.weights))
     for name, share in shares.items():
-        print(f"{name:16s} refused by the object check {share:6.1%}")
-    print(f"wrote {Path(args.weights) / 'gate.json'} (object threshold {params.objects['threshold']:.4f}, "
-          f"{len(params.objects['lesion_like'])} lesion-like ImageNet classes)")
+        print(f"{name:16s} {verb} {share:6.1%}")
+    print(f"wrote {Path(args.weights) / 'gate.json'} ({summary})")
     return 0
 
 

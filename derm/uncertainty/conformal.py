@@ -249,18 +249,22 @@ def calibrate(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int,
     return ConformalConfig(penalty, k_reg, thresholds, minimum, not_guaranteed, len(y), by_agreement)
 
 
+def fold_splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (fit, held-out) index pairs; classes too small for every fold share one stratum."""
+    from sklearn.model_selection import StratifiedKFold  # fitting only, as above
+
+    counts = np.bincount(y, minlength=NUM_CLASSES)
+    strata = np.where(counts[y] >= folds, y, -1)
+    return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(strata, strata))
+
+
 def held_out_set_size(probs: np.ndarray, y: np.ndarray, penalty: float, k_reg: int, level: float = DEFAULT_LEVEL,
                       folds: int = FOLDS, seed: int = 0, under_covered_p: float = UNDER_COVERED_P,
                       disagree: np.ndarray | None = None) -> float:
     """Mean set size at `level` on each fold when calibrated on the others: how a setting is judged
     without scoring the sets on the images that calibrated them."""
-    from sklearn.model_selection import StratifiedKFold  # fitting only, as above
-
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    counts = np.bincount(y, minlength=NUM_CLASSES)
-    strata = np.where(counts[y] >= folds, y, -1)  # classes too small for every fold share one stratum
     sizes = []
-    for fit_idx, held_idx in splitter.split(probs, strata):
+    for fit_idx, held_idx in fold_splits(y, folds, seed):
         config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,), under_covered_p,
                            None if disagree is None else disagree[fit_idx])
         sizes.append(config.membership(probs[held_idx], level, None if disagree is None else disagree[held_idx]).sum(1))
@@ -291,15 +295,12 @@ def held_out_report(probs: np.ndarray, y: np.ndarray, variant: Variant, penalty:
                     disagree: np.ndarray | None = None, folds: int = FOLDS, seeds: tuple[int, ...] = CHECK_SEEDS) -> dict:
     """Coverage and mean set size of a variant on each fold when calibrated on the others, over several fold
     seeds: overall, per class, and for the images whose slots disagree."""
-    from sklearn.model_selection import StratifiedKFold  # fitting only
-
     counts = np.bincount(y, minlength=NUM_CLASSES)
-    strata = np.where(counts[y] >= folds, y, -1)
     groups = disagree if variant.groups else None
     covered, sizes = [], []
     for seed in seeds:
         cover, size = np.zeros(len(y), bool), np.zeros(len(y))
-        for fit_idx, held_idx in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(probs, strata):
+        for fit_idx, held_idx in fold_splits(y, folds, seed):
             config = calibrate(probs[fit_idx], y[fit_idx], penalty, k_reg, (level,), variant.under_covered_p(under_covered_p),
                                None if groups is None else groups[fit_idx])
             member = config.membership(probs[held_idx], level, None if groups is None else groups[held_idx])
