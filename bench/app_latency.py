@@ -10,7 +10,8 @@ train, or the shipped test split; built or read once, before timing, and shared 
 Prints retrieval's share. By default only what the app uses on this CPU is timed: bf16 autocast +
 channels_last where bf16 is native, plain fp32 elsewhere (derm.precision); --precision both also times
 the other one where bf16 is native, interleaved image by image, and prints their ratio (bf16 is never
-timed where it is emulated: there it is ~5x slower and the app never uses it). Prints medians, one line
+timed where it is emulated: there it is ~5x slower and the app never uses it). Where bf16 is not native
+the networks run through ONNX Runtime, as in the app (derm.runtime; DERM_RUNTIME=torch times PyTorch). Prints medians, one line
 per precision (`<precision>: ... total N ms`) and the domain gate's share. --compare times another
 weights folder (e.g. the previous release) interleaved with these, in the first precision timed, and
 prints the ratio of the two.
@@ -33,6 +34,7 @@ from derm.data import resolve_data_dir  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402
 from derm.precision import cpu_has_fast_bf16  # noqa: E402
+from derm.runtime import RUNTIME_ENV  # noqa: E402
 
 
 def full_result(predictor: Predictor, payload: bytes, gallery: similar.Gallery,
@@ -98,6 +100,10 @@ def main() -> None:
               f"(the app uses {app} on this CPU: derm.precision)")
     else:
         print(f"the app uses {app} on this CPU (derm.precision): only {app} was timed")
+    for name, predictor in predictors.items():
+        onnx = any(c.onnx is not None for c in predictor.classifiers.values())
+        print(f"{name}: the networks ran through {'ONNX Runtime' if onnx else 'PyTorch'} (derm.runtime; "
+              f"{RUNTIME_ENV}=torch or =onnx chooses)")
     if args.compare:
         print(f"{args.weights or 'weights'} / {args.compare} total time, {timed[0]}: "
               f"{medians[timed[0]]['total'] / medians['compare']['total']:.2f}x")

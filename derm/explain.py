@@ -1,14 +1,23 @@
-"""Grad-CAM heat maps (the `grad-cam` package) and overlays for display."""
+"""Grad-CAM heat maps (the `grad-cam` package) and overlays for display.
+
+The app's maps come from the diagnosis's own forward pass (derm.runtime.Tapped keeps the target
+layer's output; `gradcam_from_activation`): Grad-CAM's channel weights are the gradients of the class logit at the
+target layer, and only the layers after it (pooling and the linear head; for an EfficientNet-Lite also
+its last batch norm and ReLU6) lie between the two. Back-propagating through that short tail gives the
+package's map (`gradcam_map`, a full backward pass through the network) without a second forward pass.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+
+# the grad-cam package is imported where it is used: importing it takes seconds (it loads scipy and more),
+# and a diagnosis's heat map (gradcam_from_activation) does not need it
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -23,9 +32,46 @@ def gradcam_map(model: nn.Module, x: torch.Tensor, class_index: int) -> np.ndarr
     Built as a context manager so its hooks are released every time (re-created CAM objects that
     are not released leak hooks and memory). Runs in fp32 with gradients enabled, as Grad-CAM needs.
     """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     with torch.enable_grad(), GradCAM(model=model, target_layers=[target_layer(model)]) as cam:
         heat = cam(input_tensor=x.float(), targets=[ClassifierOutputTarget(class_index)])
     return heat[0].astype(np.float32)
+
+
+def layers_after_target(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The logits as a function of target_layer(model)'s output, the same operations as model(x) in eval
+    mode: a ResNet's pooling and `fc`; an EfficientNet-Lite's head batch norm, activation, pooling and `_fc`."""
+    if hasattr(model, "layer4"):
+        return lambda a: model.fc(torch.flatten(model.avgpool(a), 1))
+    return lambda z: model._fc(torch.flatten(model._avg_pooling(model._swish(model._bn1(z))), 1))
+
+
+def gradcam_from_activation(model: nn.Module, activation: torch.Tensor, class_index: int,
+                            input_hw: tuple[int, int]) -> np.ndarray:
+    """gradcam_map's heat map (H x W in [0, 1] at input_hw) from the target layer's recorded output
+    (1 x C x h x w): the gradient is taken through the layers after it alone, and the map is scaled as
+    the package scales it."""
+    was_training = model.training
+    model.eval()
+    with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        a = activation.detach().float().requires_grad_(True)
+        logit = layers_after_target(model)(a)[0, class_index]
+        (grad,) = torch.autograd.grad(logit, a)
+    model.train(was_training)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = np.maximum((weights * a.detach()).sum(1).numpy(), 0)
+    scaled = scaled_like_gradcam(cam[0], (input_hw[1], input_hw[0]))
+    return scaled_like_gradcam(scaled)  # the package scales each layer's map, then their mean (here one)
+
+
+def scaled_like_gradcam(cam: np.ndarray, size_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """pytorch_grad_cam.utils.image.scale_cam_image for one 2-D map: shifted to 0, divided by its maximum,
+    resized to size_wh (width, height) when given."""
+    cam = cam - np.min(cam)
+    cam = np.float32(cam / (1e-7 + np.max(cam)))
+    return cv2.resize(cam, size_wh) if size_wh is not None else cam
 
 
 NOT_SEEN_NOTE = ("Hatched: cut away before the models looked (they see a centred 4:3 crop of the image), "
@@ -61,6 +107,8 @@ def overlay_heatmap(rgb: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> 
     if heat.shape != rgb.shape[:2]:
         filled = cv2.resize(filled, size)
         seen = cv2.resize(seen.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     out = show_cam_on_image(rgb.astype(np.float32) / 255.0, filled, use_rgb=True, image_weight=1.0 - opacity)
     if not seen.all():
         out[~seen] = not_seen_look(rgb)[~seen]

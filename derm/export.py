@@ -33,13 +33,14 @@ from derm.weights import load_model, manifest_entry_for_file, save_state_fp16, s
 
 CV_FOLDS, CV_REPEATS = 5, 3  # how the slots' combination is cross-validated inside validation
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-# the U-Net's flip/rotation TTA runs it four times, most of its share of the app's latency: take it only
-# for a real gain in validation Dice (docs/tried.md: a 144x192 U-Net's TTA gained 0.0004 for 1.29x latency)
-SEGMENTER_TTA_MIN_GAIN = 0.001
-# the same for each classifier, in validation score (mean of balanced accuracy and macro F1): four views
-# cost four passes; a ResNet50's TTA that gained 0.0005 (less than one melanoma image of 111 moves the
-# score) pushed a full result over the app's latency bar (docs/tried.md)
-CLASSIFIER_TTA_MIN_GAIN = 0.002
+# TTA views are paid for per view: each is another full pass in every diagnosis. The U-Net's three extra
+# views took a full result from about 0.30 s to 0.45 s on one core; each must buy at least this much
+# validation Dice (docs/tried.md: a 192x256 U-Net's gained 0.0024 in all, under the 0.003 this asks)
+SEGMENTER_TTA_MIN_GAIN_PER_VIEW = 0.001
+# the same for each classifier, in validation score (mean of balanced accuracy and macro F1): a ResNet50's
+# TTA that gained 0.0005 (less than one melanoma image of 111 moves the score) pushed a full result over
+# the app's latency bar (docs/tried.md)
+CLASSIFIER_TTA_MIN_GAIN_PER_VIEW = 0.002
 
 
 def code_version() -> str:
@@ -119,6 +120,8 @@ def unet_entry(config: dict, record: dict) -> dict:
              "threshold": 0.5, "tta": [], "training": record}
     if config.get("encoder", "none") != "none":  # which ImageNet checkpoint it started from, to the byte
         entry["encoder"] = config.get("pretrained") or {"name": config["encoder"]}
+    if config.get("extra_masks"):  # its second mask source: a re-export validates on it again
+        entry["extra_masks"] = config["extra_masks"]
     return entry
 
 
@@ -367,19 +370,17 @@ def previous_segmenter(entry: dict, scores: dict, out: Path) -> dict:
 
 
 def choose_segmenter_setting(val_dice: dict[tuple[tuple[str, ...], float], float],
-                             min_tta_gain: float = SEGMENTER_TTA_MIN_GAIN) -> tuple[tuple[str, ...], float]:
-    """(tta, threshold) with the best validation Dice; TTA only if it beats the best without it by
-    `min_tta_gain`."""
-    best = {use_tta: max(((k, d) for k, d in val_dice.items() if bool(k[0]) == use_tta), key=lambda kd: kd[1],
-                         default=(None, -1.0)) for use_tta in (False, True)}
-    (plain, plain_dice), (tta, tta_dice) = best[False], best[True]
-    return tta if tta is not None and (plain is None or tta_dice >= plain_dice + min_tta_gain) else plain
+                             min_gain_per_view: float = SEGMENTER_TTA_MIN_GAIN_PER_VIEW) -> tuple[tuple[str, ...], float]:
+    """(tta, threshold) with the best validation Dice once each extra view is charged
+    `min_gain_per_view` of it: views are taken only where each pays for itself."""
+    return max(val_dice, key=lambda k: val_dice[k] - min_gain_per_view * len(k[0]))
 
 
-def takes_classifier_tta(plain_score: float, tta_score: float, min_gain: float = CLASSIFIER_TTA_MIN_GAIN) -> bool:
-    """Flipped views for a classifier only when they gain at least min_gain of validation score:
-    each view is another full pass in the app."""
-    return tta_score >= plain_score + min_gain
+def takes_classifier_tta(plain_score: float, tta_score: float, views: int = len(TTA_VIEWS) - 1,
+                         min_gain_per_view: float = CLASSIFIER_TTA_MIN_GAIN_PER_VIEW) -> bool:
+    """Flipped views for a classifier only when each of the `views` extra views gains at least
+    min_gain_per_view of validation score: each is another full pass in the app."""
+    return tta_score >= plain_score + min_gain_per_view * views
 
 
 def extra_val_set(extra_masks: str | None, limit: int = 0) -> tuple[list[str], list[str]] | None:

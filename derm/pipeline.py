@@ -4,10 +4,11 @@ measurements and warnings. The CLI prints it, the app draws it, evaluation runs 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,17 +23,24 @@ from derm.classes import CLASSES, NUM_CLASSES
 from derm.colour import apply_constancy
 from derm.combination import carrying_slot, combine_weighted, routing_weights
 from derm.data import resize_rgb
-from derm.gate.domain import (FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, captured_activations, has_gate,
-                       load_net, load_params_for)
+from derm.gate.domain import (FEATURE_MODEL, MIN_JUDGED_SIDE, DomainGate, GateDecision, has_gate, layer_statistics,
+                              load_net, load_params_for)
 from derm.gate.objects import ObjectCheckParams, load_object_check
 from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask
 from derm.precision import cpu_has_fast_bf16
+from derm.runtime import OnnxTapped, Tapped, cam_tap, onnx_tapped, tap_names, wants_onnx
 from derm.weights import default_weights_dir, load_model, read_manifest
 
 LOW_CONFIDENCE = 0.5
 MASK_EMPTY, MASK_FULL = 0.01, 0.90
+CAM_CACHE_IMAGES = 4  # recent diagnoses whose Grad-CAM layer outputs are kept (under 1 MB each)
+
+
+def image_key(rgb: np.ndarray) -> str:
+    """A digest of the pixels: which recent diagnosis an image belongs to (about 1 ms for 600x450)."""
+    return hashlib.blake2b(np.ascontiguousarray(rgb).data, digest_size=16).hexdigest() + str(rgb.shape)
 
 
 def to_landscape(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -80,38 +88,59 @@ class ClassifierModel:
     tta: tuple[str, ...] = ()
     bf16: bool = True  # bf16 autocast: ~1.6x faster on CPUs with Intel AMX (derm.precision)
     colour: str = "none"  # the colour constancy it was trained with (derm.colour)
+    onnx: OnnxTapped | None = None  # the same pass through ONNX Runtime (derm.runtime); None: PyTorch
+
+    def __post_init__(self) -> None:
+        self.tapped = Tapped(self.model)
+        self.taps = tap_names(self.model)
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization,
                           self.colour)
 
     @torch.no_grad()
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One pass: logits, pooled features and the tapped maps (derm.runtime.Tapped), in float32."""
+        if self.onnx is not None:
+            return self.onnx(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return tuple(t.float() for t in self.tapped(x))
+
+    @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Mean softmax over the TTA views, then tempered: p^(1/T), renormalised."""
-        return self.probabilities_and_features(x)[0]
+        return self.outputs(x)[0]
 
     @torch.no_grad()
     def probabilities_and_features(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """probabilities() and, from the same forward pass, the identity view's pooled features (the
         input to `fc`, N x C): what derm.similar retrieves with, at no extra cost."""
-        views = ("identity", *self.tta) if self.tta else ("identity",)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            pooled = pooled_features(self.model, x)
-            softmaxes = [classifier_head(self.model)(pooled).float().softmax(1)]
-            softmaxes += [self.model(view(x, v)).float().softmax(1) for v in views[1:]]
-        return temper(torch.stack(softmaxes).mean(0).numpy(), self.temperature), pooled.float().numpy()
+        return self.outputs(x)[:2]
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
+        """probabilities_and_features() and the identity view's tapped maps (the domain gate's layers,
+        Grad-CAM's layer). A single image's views go through as one batch."""
+        views = [x] + [view(x, v) for v in self.tta]
+        if len(views) > 1 and x.shape[0] == 1:
+            logits, pooled, *maps = self.run(torch.cat(views))
+            softmaxes = list(logits.softmax(1).split(1))
+        else:
+            logits, pooled, *maps = self.run(x)
+            softmaxes = [logits.softmax(1)] + [self.run(v)[0].softmax(1) for v in views[1:]]
+        n = x.shape[0]
+        taps = {name: m[:n] for name, m in zip(self.taps, maps)}
+        return temper(torch.stack(softmaxes).mean(0).numpy(), self.temperature), pooled[:n].numpy(), taps
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> np.ndarray:
         """The pooled features alone (identity view, no TTA): for building a retrieval gallery."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return pooled_features(self.model, x).float().numpy()
+        return self.run(x)[1].numpy()
 
     @torch.no_grad()
     def energy(self, x: torch.Tensor) -> np.ndarray:
         """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return torch.logsumexp(self.model(x).float(), 1).numpy()
+        return torch.logsumexp(self.run(x)[0], 1).numpy()
 
     @torch.no_grad()
     def energy_of_features(self, pooled: np.ndarray) -> np.ndarray:
@@ -124,16 +153,6 @@ class ClassifierModel:
 def classifier_head(model: nn.Module) -> nn.Module:
     """The last linear layer: a ResNet's `fc`, an EfficientNet-Lite teacher's `_fc`."""
     return model.fc if hasattr(model, "fc") else model._fc
-
-
-def pooled_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The forward pass up to the last linear layer (the global-average-pooled features): the same
-    operations as model(x) in eval mode, so classifier_head(model)(pooled_features(model, x)) equals model(x)."""
-    if not hasattr(model, "fc"):  # an EfficientNet-Lite (dropout before _fc is a no-op in eval)
-        return torch.flatten(model._avg_pooling(model.extract_features(x)), 1)
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
-    return torch.flatten(model.avgpool(x), 1)
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -183,14 +202,21 @@ class SegmenterModel:
     tta: tuple[str, ...] = ()
     bf16: bool = True
     cleaning: CleanConfig = NO_CLEANING  # derm.maskclean: one lesion, not the vignette (manifest `cleaning`)
+    onnx: OnnxTapped | None = None  # the same network through ONNX Runtime (derm.runtime); None: PyTorch
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onnx is not None:
+            return self.onnx(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(x).float()
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Lesion probability, N x H x W at input_hw, from uint8 images already at input_hw."""
         x = _to_tensor(images, self.normalization)
         views = ("identity", *self.tta) if self.tta else ("identity",)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            probs = torch.stack([view(torch.sigmoid(self.model(view(x, v)).float()), v) for v in views]).mean(0)
+        probs = torch.stack([view(torch.sigmoid(self.logits(view(x, v))), v) for v in views]).mean(0)
         return probs[:, 0].numpy()
 
     def mask(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,12 +270,15 @@ class Predictor:
         if list(self.manifest["classes"]) != list(CLASSES):
             raise ValueError(f"{self.weights_dir}: class order {self.manifest['classes']} is not {CLASSES}")
         self.classifiers: dict[str, ClassifierModel] = {}
+        onnx = wants_onnx(bf16)
         for name, entry in self.manifest["models"].items():
             if entry["arch"] == "unet":
                 continue
+            model, input_hw = load_model(entry, self.weights_dir), tuple(entry["input_hw"])
             self.classifiers[name] = ClassifierModel(
-                name, load_model(entry, self.weights_dir), tuple(entry["input_hw"]), entry["normalization"],
-                entry.get("temperature", 1.0), tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"))
+                name, model, input_hw, entry["normalization"], entry.get("temperature", 1.0),
+                tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"),
+                onnx_tapped(model, self.weights_dir / entry["file"], input_hw) if onnx else None)
         ens = self.manifest["ensemble"]
         self.members = ensemble_members(self.manifest)
         self.weights = slot_weights(self.manifest, list(self.members))  # {class: {slot: weight}}
@@ -259,12 +288,16 @@ class Predictor:
         self.prior_correction = float(ens.get("prior_correction", 0.0))
         self.ood = ens.get("ood")
         seg = self.manifest["models"].get("unet")
-        self.segmenter = SegmenterModel(load_model(seg, self.weights_dir), tuple(seg["input_hw"]),
-                                        seg["normalization"], seg.get("threshold", 0.5),
-                                        tuple(seg.get("tta", ())), bf16,
-                                        CleanConfig.from_dict(seg.get("cleaning"))) if seg else None
+        self.segmenter = self._load_segmenter(seg, bf16, onnx) if seg else None
         self.gate = self._load_gate() if load_gate else None
         self._lock = threading.RLock()
+        self._cam_cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def _load_segmenter(self, entry: dict, bf16: bool, onnx: bool) -> SegmenterModel:
+        model, input_hw = load_model(entry, self.weights_dir), tuple(entry["input_hw"])
+        graph = onnx_tapped(model, self.weights_dir / entry["file"], input_hw, tapped=False) if onnx else None
+        return SegmenterModel(model, input_hw, entry["normalization"], entry.get("threshold", 0.5),
+                              tuple(entry.get("tta", ())), bf16, CleanConfig.from_dict(entry.get("cleaning")), graph)
 
     def _load_gate(self) -> DomainGate | None:
         """The domain gate beside the weights (gate.json), bound to the classifier it was fitted on."""
@@ -278,7 +311,7 @@ class Predictor:
 
     def check_domain(self, images: list[np.ndarray], deep: np.ndarray | None = None) -> list[GateDecision | None]:
         """The gate's verdict per image (None for each when these weights have no gate); `deep`: the
-        feature classifier's activations when its pass already ran (captured_activations)."""
+        feature classifier's layer statistics when its pass already ran (derm.gate.domain.layer_statistics)."""
         if self.gate is None:
             return [None] * len(images)
         inputs = [classifier_input(im, self.classifiers[FEATURE_MODEL].input_hw) for im in images]
@@ -297,16 +330,19 @@ class Predictor:
         slots = average_members(per_model, self.members)
         return combine_weighted(slots, self.weights, self.prior, self.prior_correction), slots
 
-    def model_probabilities(self, images: list[np.ndarray],
-                            features: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Every classifier's tempered probabilities (N x 7), members of a slot separately; when a
-        dict `features` is given, each classifier's pooled features from the same pass go into it."""
+    def model_probabilities(self, images: list[np.ndarray], features: dict[str, np.ndarray] | None = None,
+                            taps: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, np.ndarray]:
+        """Every classifier's tempered probabilities (N x 7), members of a slot separately; when dicts
+        `features` and `taps` are given, each classifier's pooled features and tapped maps from the same
+        pass go into them."""
         per_model = {}
         for name, clf, x in self._classifier_inputs(images):
             with self._lock:
-                per_model[name], pooled = clf.probabilities_and_features(x)
+                per_model[name], pooled, maps = clf.outputs(x)
             if features is not None:
                 features[name] = pooled
+            if taps is not None:
+                taps[name] = maps
         return per_model
 
     def model_features(self, images: list[np.ndarray], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
@@ -335,10 +371,12 @@ class Predictor:
         """Classify, segment, measure and warn for one RGB uint8 image."""
         t0 = time.perf_counter()
         features: dict[str, np.ndarray] = {}
-        with self._lock, self._gate_activations() as deep:  # the gate reads the classification's own pass
-            combined, per_model = self.ensemble(self.model_probabilities([rgb], features))
+        taps: dict[str, dict[str, torch.Tensor]] = {}  # the gate and Grad-CAM read this pass's maps
+        combined, per_model = self.ensemble(self.model_probabilities([rgb], features, taps))
+        self._remember_cam_maps(rgb, taps)
         t1 = time.perf_counter()
-        domain = self.check_domain([rgb], deep[0] if deep else None)[0]
+        deep = layer_statistics(taps[FEATURE_MODEL]) if self.gate is not None else None
+        domain = self.check_domain([rgb], deep)[0]
         tg = time.perf_counter()
         probs = {c: float(combined[0, i]) for i, c in enumerate(CLASSES)}
         label = max(probs, key=probs.get)
@@ -354,13 +392,6 @@ class Predictor:
             result.seconds["segment"] = time.perf_counter() - tg
         result.warnings = self._warnings(rgb, result)
         return result
-
-    def _gate_activations(self) -> AbstractContextManager[list[np.ndarray]]:
-        """Records the activations the gate reads from the feature classifier's next pass (nothing
-        without a gate)."""
-        if self.gate is None:
-            return nullcontext([])
-        return captured_activations(self.classifiers[FEATURE_MODEL].model)
 
     def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
         warnings = []
@@ -391,6 +422,29 @@ class Predictor:
                                 f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")
         return warnings
 
+    def _remember_cam_maps(self, rgb: np.ndarray, taps: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Keeps each classifier's Grad-CAM map of this image's pass, so that its heat maps need no second
+        forward pass (derm.explain)."""
+        key = image_key(rgb)
+        with self._lock:
+            self._cam_cache[key] = {**self._cam_cache.get(key, {}),
+                                    **{name: maps[cam_tap(self.classifiers[name].model)][:1] for name, maps in taps.items()}}
+            self._cam_cache.move_to_end(key)
+            while len(self._cam_cache) > CAM_CACHE_IMAGES:
+                self._cam_cache.popitem(last=False)
+
+    def _cam_activation(self, rgb: np.ndarray, name: str) -> torch.Tensor:
+        """The network's Grad-CAM map for this image: from its diagnosis when recent, else one forward
+        pass (no backward pass through the network either way)."""
+        with self._lock:
+            cached = self._cam_cache.get(image_key(rgb), {}).get(name)
+            if cached is not None:
+                return cached
+            clf = self.classifiers[name]
+            _, _, *maps = clf.run(clf.tensor([rgb]))
+            self._remember_cam_maps(rgb, {name: dict(zip(clf.taps, maps))})
+            return self._cam_cache[image_key(rgb)][name]
+
     # -- segmentation and explanation
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
@@ -402,15 +456,17 @@ class Predictor:
         """Grad-CAM heat map in [0, 1] at the image's size for `class_name`, from the slot that
         supplies that class's score in the ensemble (or `model_name`, a slot or one model): the mean of
         its members' maps, rescaled to [0, 1], since the slot's score is the mean of theirs. NaN where
-        the centre crop cut the image away (see heat_to_image)."""
-        from derm.explain import gradcam_map
+        the centre crop cut the image away (see heat_to_image). The layer outputs come from the image's
+        diagnosis when it was one of the last few (derm.explain.gradcam_from_activation)."""
+        from derm.explain import gradcam_from_activation
 
         slot = model_name or self.routing[class_name]
         heats = []
         for name in self.members.get(slot, [slot]):
             clf = self.classifiers[name]
+            activation = self._cam_activation(rgb, name)
             with self._lock:
-                heat = gradcam_map(clf.model, clf.tensor([rgb]), CLASSES.index(class_name))
+                heat = gradcam_from_activation(clf.model, activation, CLASSES.index(class_name), clf.input_hw)
             heats.append(heat_to_image(heat, rgb.shape[:2], clf.input_hw))
         heat = np.mean(heats, axis=0)
         peak = np.nanmax(heat)

@@ -88,6 +88,9 @@ def shipped_config(path: Path) -> dict:
     if entry["arch"] == "unet":
         config["unet_width"] = entry.get("width", 32)
         config["encoder"] = entry.get("encoder", {}).get("name", "none")
+        if "package" in entry.get("encoder", {}):  # which ImageNet checkpoint it started from, kept on re-export
+            config["pretrained"] = entry["encoder"]
+        config["extra_masks"] = entry.get("extra_masks")  # the second mask source validation chooses on too
     else:
         config["colour"] = entry.get("colour", "none")  # re-exporting keeps the colour step it was trained with
         if entry.get("teacher"):

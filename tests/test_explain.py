@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
+from derm.classes import CLASSES
 from derm.explain import not_seen_look, overlay_heatmap, seen_by_model
 from derm.pipeline import classifier_input, heat_to_image
 
@@ -100,3 +101,71 @@ def test_a_slots_map_keeps_the_unseen_band_on_a_3_2_photo(tiny_weights, original
     expected[rows, cols] = True
     assert np.array_equal(seen_by_model(heat), expected)
     assert np.nanmax(heat) == pytest.approx(1.0) and np.nanmin(heat) >= 0
+
+
+def randomised_batch_norms(model):
+    """Batch norms with spread statistics, so that an EfficientNet-Lite's ReLU6 after its head batch norm
+    clips some positions at 0 and at 6 (the map must follow the clipping, as the gradient does)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+            module.weight.data.normal_(1, 1.0, generator=generator)
+            module.bias.data.normal_(0, 1.0, generator=generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "lite0"])
+def test_the_map_from_a_recorded_pass_is_the_grad_cam_packages(arch):
+    import torch
+
+    from derm.explain import gradcam_from_activation, gradcam_map
+    from derm.models import build_model
+    from derm.runtime import Tapped
+
+    torch.manual_seed(0)
+    model = randomised_batch_norms(build_model(arch))
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, _, *maps = Tapped(model)(x)  # the pass the app runs: logits and the maps it keeps
+        np.testing.assert_allclose(logits.numpy(), model(x).numpy(), atol=1e-5)
+    spreads = []
+    for class_index in range(7):
+        expected = gradcam_map(model, x[:1], class_index)
+        heat = gradcam_from_activation(model, maps[-1][:1], class_index, (96, 128))
+        assert heat.shape == (96, 128)
+        np.testing.assert_allclose(heat, expected, atol=1e-4)
+        spreads.append(expected.std())
+    assert max(spreads) > 0.05  # some maps have something to show, not only flat zeros
+
+
+def test_a_diagnosis_s_heat_map_runs_no_network_again(tiny_weights, original_image):
+    from derm.explain import gradcam_map
+    from derm.imageio import load_image
+    from derm.pipeline import Predictor
+
+    predictor = Predictor(tiny_weights)
+    rgb = load_image(original_image)
+    passes = []  # every pass through a network, in PyTorch or ONNX Runtime
+
+    def counted(name, run):
+        return lambda x: passes.append(name) or run(x)
+
+    for name, clf in predictor.classifiers.items():
+        clf.run = counted(name, clf.run)
+    result = predictor.analyse(rgb)
+    passes.clear()
+    heat = predictor.gradcam(rgb, result.label, "resnet50")
+    assert passes == []  # the layer outputs came from the diagnosis's own pass
+    members = predictor.members["resnet50"]
+    maps = [heat_to_image(gradcam_map(predictor.classifiers[n].model, predictor.classifiers[n].tensor([rgb]),
+                                      CLASSES.index(result.label)), rgb.shape[:2], INPUT_HW) for n in members]
+    expected = np.mean(maps, axis=0)
+    np.testing.assert_allclose(heat, expected / np.nanmax(expected) if len(maps) > 1 else expected, atol=1e-4)
+    passes.clear()
+    flipped = np.ascontiguousarray(rgb[:, ::-1])  # an image never diagnosed: one forward pass per member
+    predictor.gradcam(flipped, result.label, "resnet50")
+    assert sorted(passes) == sorted(members)

@@ -376,21 +376,24 @@ def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(s
 
     rgb = cv2.cvtColor(cv2.imread(str(sorted((TEST_SUBSET_DIR / "images").glob("*.jpg"))[3])), cv2.COLOR_BGR2RGB)
     screen = negatives.generate("screen", 1, 5)[0]
-    model = shipped_predictor.classifiers[FEATURE_MODEL].model
-    calls = []
-    handle = model.conv1.register_forward_hook(lambda *_: calls.append(1))  # every pass, whole or by layers
+    clf = shipped_predictor.classifiers[FEATURE_MODEL]
+    calls, runs = [], []
+    handle = clf.model.conv1.register_forward_hook(lambda *_: calls.append(1))  # every PyTorch pass, whole or by layers
+    run = clf.run
+    clf.run = lambda x: runs.append(len(x)) or run(x)  # every pass, PyTorch or ONNX Runtime (derm.runtime)
     try:
         for image in (rgb, screen):
-            calls.clear()
+            calls.clear(), runs.clear()
             verdict = shipped_predictor.analyse(image, with_mask=False).domain
-            assert len(calls) == 1 + len(shipped_predictor.classifiers[FEATURE_MODEL].tta)
+            assert runs == [1 + len(clf.tta)]  # one pass: the image's views in one batch
+            assert len(calls) == (0 if clf.onnx is not None else 1)  # and the gate ran no pass of its own
             alone = shipped_predictor.check_domain([image])[0]
             assert verdict.in_domain == alone.in_domain and verdict.kind == alone.kind
             assert verdict.probability == pytest.approx(alone.probability, abs=1e-4)
             assert verdict.distance == pytest.approx(alone.distance, rel=1e-4)
     finally:
         handle.remove()
-    clf = shipped_predictor.classifiers[FEATURE_MODEL]
+        clf.run = run
     x = clf.tensor([rgb])
     _, pooled = clf.probabilities_and_features(x)
     assert clf.energy_of_features(pooled) == pytest.approx(clf.energy(x), abs=0.05)

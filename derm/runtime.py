@@ -1,0 +1,126 @@
+"""One forward pass per classifier that also returns what the app reads besides the class scores, run
+by PyTorch or by ONNX Runtime.
+
+`Tapped` is that pass: the logits, the pooled features (similar cases, out-of-distribution energy) and
+intermediate maps (a ResNet's layer2-4 for the domain gate, the last map for Grad-CAM). The same module
+runs eagerly or is exported once to ONNX. On a CPU without native bf16 ONNX Runtime runs it in a
+fraction of PyTorch eager's time (one thread, 150x200, `python bench/runtime_speed.py`), so there it is
+the default, for the U-Net too (exported as it is); with Intel AMX, PyTorch's bf16 autocast is kept. `DERM_RUNTIME=torch` or `=onnx` overrides.
+
+An exported graph is cached beside the decoded images (derm.data.cache_dir), named by the digest of
+the weights file it was made from, so new weights never meet an old graph; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RUNTIME_ENV = "DERM_RUNTIME"  # torch | onnx; unset: ONNX Runtime where bf16 is not native and it is installed
+RESNET_TAPS = ("layer2", "layer3", "layer4")
+LITE_TAPS = ("head",)  # an EfficientNet-Lite's 1x1 head convolution, before its batch norm and ReLU6
+OUTPUTS = ("logits", "pooled")
+
+
+def tap_names(model: nn.Module) -> tuple[str, ...]:
+    return RESNET_TAPS if hasattr(model, "layer4") else LITE_TAPS
+
+
+def cam_tap(model: nn.Module) -> str:
+    """The tap Grad-CAM reads: derm.explain.target_layer's output."""
+    return tap_names(model)[-1]
+
+
+class Tapped(nn.Module):
+    """model(x)'s logits with the pooled features and the tapped maps of the same pass (eval mode)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        if hasattr(m, "layer4"):  # a torchvision ResNet
+            x = m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x)))))
+            l2 = m.layer2(x)
+            l3 = m.layer3(l2)
+            l4 = m.layer4(l3)
+            pooled = torch.flatten(m.avgpool(l4), 1)
+            return m.fc(pooled), pooled, l2, l3, l4
+        x = m._swish(m._bn0(m._conv_stem(x)))  # an EfficientNet-Lite, as its extract_features (no drop connect in eval)
+        for block in m._blocks:
+            x = block(x)
+        head = m._conv_head(x)
+        pooled = torch.flatten(m._avg_pooling(m._swish(m._bn1(head))), 1)
+        return m._fc(pooled), pooled, head
+
+
+def onnx_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def wants_onnx(bf16: bool) -> bool:
+    """Whether the classifiers run through ONNX Runtime here (module docstring)."""
+    chosen = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    if chosen not in ("", "torch", "onnx"):
+        raise ValueError(f"{RUNTIME_ENV} must be torch or onnx, not {chosen!r}")
+    if chosen == "onnx" and not onnx_installed():
+        raise RuntimeError(f"{RUNTIME_ENV}=onnx but onnxruntime and onnx are not installed (pip install -r requirements.txt)")
+    return chosen == "onnx" or (chosen == "" and not bf16 and onnx_installed())
+
+
+def graph_path(weights_file: Path, input_hw: tuple[int, int]) -> Path:
+    """Where the graph of these weights at this input size is cached (named by the file's digest)."""
+    from derm.data import cache_dir
+
+    digest = hashlib.sha256(Path(weights_file).read_bytes()).hexdigest()[:16]
+    return cache_dir() / "onnx" / f"{Path(weights_file).stem}_{digest}_{input_hw[0]}x{input_hw[1]}.onnx"
+
+
+def export_graph(model: nn.Module, input_hw: tuple[int, int], path: Path, tapped: bool = True) -> Path:
+    """Tapped(model) (or, tapped=False, the model's own output: the U-Net's) as an ONNX graph with a free
+    batch size, written atomically."""
+    names = list(OUTPUTS) + list(tap_names(model)) if tapped else ["out"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    example = torch.zeros(1, 3, *input_hw)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on shape inference say nothing to a user
+        torch.onnx.export(Tapped(model).eval() if tapped else model.eval(), (example,), str(partial), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=names,
+                          dynamic_axes={"x": {0: "n"}, **{name: {0: "n"} for name in names}})
+    partial.replace(path)
+    return path
+
+
+class OnnxTapped:
+    """An exported graph through an ONNX Runtime session on this process's torch thread count: called
+    with a batch, it returns the tuple the module returned (Tapped: logits, pooled, maps)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outputs = self.session.run(None, {"x": np.ascontiguousarray(x.float().numpy())})
+        return tuple(torch.from_numpy(o) for o in outputs)
+
+
+def onnx_tapped(model: nn.Module, weights_file: Path, input_hw: tuple[int, int], tapped: bool = True) -> OnnxTapped:
+    """The cached graph of these weights at this input size (exported on first use, a few seconds)."""
+    path = graph_path(weights_file, input_hw)
+    if not path.is_file():
+        export_graph(model, input_hw, path, tapped)
+    return OnnxTapped(path)
