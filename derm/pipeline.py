@@ -8,7 +8,8 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import cache, cached_property, partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask
 from derm.precision import cpu_has_fast_bf16
-from derm.runtime import OnnxTapped, Tapped, cam_tap, onnx_tapped, tap_names, wants_onnx
+from derm.runtime import OnnxTapped, Tapped, onnx_tapped, tap_names, wants_onnx
 from derm.weights import default_weights_dir, load_model, read_manifest
 
 LOW_CONFIDENCE = 0.5
@@ -81,7 +82,7 @@ class ClassifierModel:
     """A trained classifier with its preprocessing, temperature and test-time augmentation."""
 
     name: str
-    model: nn.Module
+    network: nn.Module | Callable[[], nn.Module]  # the PyTorch network, or how to build it on first use
     input_hw: tuple[int, int]
     normalization: dict
     temperature: float = 1.0
@@ -90,9 +91,22 @@ class ClassifierModel:
     colour: str = "none"  # the colour constancy it was trained with (derm.colour)
     onnx: OnnxTapped | None = None  # the same pass through ONNX Runtime (derm.runtime); None: PyTorch
 
-    def __post_init__(self) -> None:
-        self.tapped = Tapped(self.model)
-        self.taps = tap_names(self.model)
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch network, built when first needed: through ONNX Runtime a diagnosis needs none (only
+        Grad-CAM's last layers, the gate's refitting and retrieval's sizes read it), so none is loaded."""
+        if not isinstance(self.network, nn.Module):
+            self.network = self.network()
+        return self.network
+
+    @cached_property
+    def tapped(self) -> Tapped:
+        return Tapped(self.model)
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """The names of the maps run() returns after the logits and pooled features."""
+        return self.onnx.tap_names if self.onnx is not None else tap_names(self.model)
 
     def tensor(self, images: list[np.ndarray]) -> torch.Tensor:
         return _to_tensor(np.stack([classifier_input(im, self.input_hw) for im in images]), self.normalization,
@@ -120,7 +134,7 @@ class ClassifierModel:
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]:
         """probabilities_and_features() and the identity view's tapped maps (the domain gate's layers,
-        Grad-CAM's layer). A single image's views go through as one batch."""
+        Grad-CAM's layer) with its logits under "logits". A single image's views go through as one batch."""
         views = [x] + [view(x, v) for v in self.tta]
         if len(views) > 1 and x.shape[0] == 1:
             logits, pooled, *maps = self.run(torch.cat(views))
@@ -129,7 +143,7 @@ class ClassifierModel:
             logits, pooled, *maps = self.run(x)
             softmaxes = [logits.softmax(1)] + [self.run(v)[0].softmax(1) for v in views[1:]]
         n = x.shape[0]
-        taps = {name: m[:n] for name, m in zip(self.taps, maps)}
+        taps = {name: m[:n] for name, m in zip(self.taps, maps)} | {"logits": logits[:n]}
         return temper(torch.stack(softmaxes).mean(0).numpy(), self.temperature), pooled[:n].numpy(), taps
 
     @torch.no_grad()
@@ -142,17 +156,10 @@ class ClassifierModel:
         """logsumexp of the logits: low for inputs unlike the training images (Liu et al. 2020)."""
         return torch.logsumexp(self.run(x)[0], 1).numpy()
 
-    @torch.no_grad()
-    def energy_of_features(self, pooled: np.ndarray) -> np.ndarray:
-        """energy() from the pooled features of a pass that already ran (probabilities_and_features)."""
-        head = classifier_head(self.model)
-        logits = head(torch.as_tensor(np.atleast_2d(pooled), dtype=head.weight.dtype))
+    @staticmethod
+    def energy_of_logits(logits: torch.Tensor) -> np.ndarray:
+        """energy() from the logits of a pass that already ran (outputs()'s "logits")."""
         return torch.logsumexp(logits.float(), 1).numpy()
-
-
-def classifier_head(model: nn.Module) -> nn.Module:
-    """The last linear layer: a ResNet's `fc`, an EfficientNet-Lite teacher's `_fc`."""
-    return model.fc if hasattr(model, "fc") else model._fc
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -195,7 +202,7 @@ def slot_weights(manifest: dict, slots: list[str]) -> dict[str, dict[str, float]
 
 @dataclass
 class SegmenterModel:
-    model: nn.Module
+    network: nn.Module | Callable[[], nn.Module]  # the PyTorch U-Net, or how to build it on first use
     input_hw: tuple[int, int]
     normalization: dict
     threshold: float = 0.5
@@ -203,6 +210,12 @@ class SegmenterModel:
     bf16: bool = True
     cleaning: CleanConfig = NO_CLEANING  # derm.maskclean: one lesion, not the vignette (manifest `cleaning`)
     onnx: OnnxTapped | None = None  # the same network through ONNX Runtime (derm.runtime); None: PyTorch
+
+    @property
+    def model(self) -> nn.Module:
+        if not isinstance(self.network, nn.Module):
+            self.network = self.network()
+        return self.network
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,11 +287,11 @@ class Predictor:
         for name, entry in self.manifest["models"].items():
             if entry["arch"] == "unet":
                 continue
-            model, input_hw = load_model(entry, self.weights_dir), tuple(entry["input_hw"])
+            build, input_hw = cache(partial(load_model, entry, self.weights_dir)), tuple(entry["input_hw"])
+            graph = onnx_tapped(build, self.weights_dir / entry["file"], input_hw) if onnx else None
             self.classifiers[name] = ClassifierModel(
-                name, model, input_hw, entry["normalization"], entry.get("temperature", 1.0),
-                tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"),
-                onnx_tapped(model, self.weights_dir / entry["file"], input_hw) if onnx else None)
+                name, build if onnx else build(), input_hw, entry["normalization"], entry.get("temperature", 1.0),
+                tuple(entry.get("tta", ())), bf16, entry.get("colour", "none"), graph)
         ens = self.manifest["ensemble"]
         self.members = ensemble_members(self.manifest)
         self.weights = slot_weights(self.manifest, list(self.members))  # {class: {slot: weight}}
@@ -294,9 +307,9 @@ class Predictor:
         self._cam_cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
     def _load_segmenter(self, entry: dict, bf16: bool, onnx: bool) -> SegmenterModel:
-        model, input_hw = load_model(entry, self.weights_dir), tuple(entry["input_hw"])
-        graph = onnx_tapped(model, self.weights_dir / entry["file"], input_hw, tapped=False) if onnx else None
-        return SegmenterModel(model, input_hw, entry["normalization"], entry.get("threshold", 0.5),
+        build, input_hw = cache(partial(load_model, entry, self.weights_dir)), tuple(entry["input_hw"])
+        graph = onnx_tapped(build, self.weights_dir / entry["file"], input_hw, tapped=False) if onnx else None
+        return SegmenterModel(build if onnx else build(), input_hw, entry["normalization"], entry.get("threshold", 0.5),
                               tuple(entry.get("tta", ())), bf16, CleanConfig.from_dict(entry.get("cleaning")), graph)
 
     def _load_gate(self) -> DomainGate | None:
@@ -307,15 +320,21 @@ class Predictor:
         clf = self.classifiers[FEATURE_MODEL]
         params = load_params_for(self.weights_dir, feature_file)
         objects = load_object_check(ObjectCheckParams.from_dict(params.objects), clf.bf16)
-        return DomainGate(params, clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir), objects)
+        # a diagnosis hands the gate the layer statistics of its own pass (check_domain): the network is only
+        # built for the gate's own checks (fit-gate, gate-check)
+        return DomainGate(params, lambda: clf.model, clf.tensor, clf.bf16, load_net(params, self.weights_dir), objects)
 
     def check_domain(self, images: list[np.ndarray], deep: np.ndarray | None = None) -> list[GateDecision | None]:
         """The gate's verdict per image (None for each when these weights have no gate); `deep`: the
         feature classifier's layer statistics when its pass already ran (derm.gate.domain.layer_statistics)."""
         if self.gate is None:
             return [None] * len(images)
-        inputs = [classifier_input(im, self.classifiers[FEATURE_MODEL].input_hw) for im in images]
+        clf = self.classifiers[FEATURE_MODEL]
+        inputs = [classifier_input(im, clf.input_hw) for im in images]
         with self._lock:
+            if deep is None:
+                _, _, *maps = clf.run(clf.tensor(images))
+                deep = layer_statistics(dict(zip(clf.taps, maps)))
             return self.gate.check(images, inputs, deep)
 
     # -- classification
@@ -390,10 +409,13 @@ class Predictor:
             result.mask, _ = self.segmenter.mask(rgb)
             result.lesion = lesion.measure(rgb, result.mask)
             result.seconds["segment"] = time.perf_counter() - tg
-        result.warnings = self._warnings(rgb, result)
+        ood_logits = taps.get(self.ood["model"], {}).get("logits") if self.ood else None
+        result.warnings = self._warnings(rgb, result, ood_logits)
         return result
 
-    def _warnings(self, rgb: np.ndarray, result: Result) -> list[str]:
+    def _warnings(self, rgb: np.ndarray, result: Result, ood_logits: torch.Tensor | None = None) -> list[str]:
+        """What the user should know beside the answer; `ood_logits`: the out-of-distribution model's
+        logits from the diagnosis's own pass (else it runs once more)."""
         warnings = []
         too_small = min(rgb.shape[:2]) < MIN_JUDGED_SIDE
         if too_small:  # the size is the first thing to say: nothing else can be judged at 8x8 pixels
@@ -414,9 +436,8 @@ class Predictor:
                                 "close-up, or the lesion is larger than the field of view.")
         if self.ood:
             clf = self.classifiers[self.ood["model"]]
-            pooled = (result.features or {}).get(self.ood["model"])
-            with self._lock:  # from the diagnosis's own pass where it kept the features
-                energy = float((clf.energy(clf.tensor([rgb])) if pooled is None else clf.energy_of_features(pooled))[0])
+            with self._lock:
+                energy = float((clf.energy(clf.tensor([rgb])) if ood_logits is None else clf.energy_of_logits(ood_logits))[0])
             if energy < self.ood["energy_threshold"]:
                 warnings.append("This image looks unlike the training images (out-of-distribution score "
                                 f"{energy:.2f} < {self.ood['energy_threshold']:.2f}); treat the result with suspicion.")
@@ -428,7 +449,7 @@ class Predictor:
         key = image_key(rgb)
         with self._lock:
             self._cam_cache[key] = {**self._cam_cache.get(key, {}),
-                                    **{name: maps[cam_tap(self.classifiers[name].model)][:1] for name, maps in taps.items()}}
+                                    **{name: maps[self.classifiers[name].taps[-1]][:1] for name, maps in taps.items()}}
             self._cam_cache.move_to_end(key)
             while len(self._cam_cache) > CAM_CACHE_IMAGES:
                 self._cam_cache.popitem(last=False)

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,15 +113,19 @@ class OnnxTapped:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.tap_names = self.output_names[len(OUTPUTS):]  # a Tapped graph's maps, after logits and pooled
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.session.run(None, {"x": np.ascontiguousarray(x.float().numpy())})
         return tuple(torch.from_numpy(o) for o in outputs)
 
 
-def onnx_tapped(model: nn.Module, weights_file: Path, input_hw: tuple[int, int], tapped: bool = True) -> OnnxTapped:
-    """The cached graph of these weights at this input size (exported on first use, a few seconds)."""
+def onnx_tapped(build: Callable[[], nn.Module], weights_file: Path, input_hw: tuple[int, int],
+                tapped: bool = True) -> OnnxTapped:
+    """The cached graph of these weights at this input size; `build` makes the PyTorch network only when
+    the graph has to be exported (on first use, a few seconds)."""
     path = graph_path(weights_file, input_hw)
     if not path.is_file():
-        export_graph(model, input_hw, path, tapped)
+        export_graph(build(), input_hw, path, tapped)
     return OnnxTapped(path)

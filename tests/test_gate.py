@@ -395,8 +395,8 @@ def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(s
         handle.remove()
         clf.run = run
     x = clf.tensor([rgb])
-    _, pooled = clf.probabilities_and_features(x)
-    assert clf.energy_of_features(pooled) == pytest.approx(clf.energy(x), abs=0.05)
+    _, _, taps = clf.outputs(x)
+    assert clf.energy_of_logits(taps["logits"]) == pytest.approx(clf.energy(x), abs=1e-4)
 
 
 def test_joint_thresholds_model_the_real_gate_and_keep_the_share():

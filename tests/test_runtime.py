@@ -93,9 +93,25 @@ def test_the_gates_imagenet_check_reads_the_same_through_onnx_runtime(tmp_path, 
 
     monkeypatch.setenv("DERM_CACHE", str(tmp_path / "cache"))
     model, _ = objects.load_imagenet_net()
-    graph = runtime.onnx_tapped(model, objects.weights_file(objects.ARCH), (objects.INPUT_SIZE,) * 2)
+    graph = runtime.onnx_tapped(lambda: model, objects.weights_file(objects.ARCH), (objects.INPUT_SIZE,) * 2)
     images = [samples.chelsea(), samples.coffee(), load_image(original_image)]
     eager = objects.imagenet_probabilities(model, images)
     through_onnx = objects.imagenet_probabilities(model, images, onnx=graph)
     np.testing.assert_allclose(through_onnx, eager, atol=1e-5)
     assert eager[0].argmax() == through_onnx[0].argmax() and eager[0].max() > 0.3  # a cat to both
+
+
+def test_through_onnx_runtime_a_diagnosis_builds_no_pytorch_network(tiny_weights, original_image, monkeypatch, tmp_path):
+    """Building the networks (and importing torchvision for them) is most of a cold start: a diagnosis
+    through ONNX Runtime needs none; a heat map builds only its slot's members, for their last layers."""
+    from derm.imageio import load_image
+
+    monkeypatch.setenv("DERM_CACHE", str(tmp_path / "cache"))
+    predictor_with("onnx", tiny_weights, monkeypatch)  # exports the graphs into the cache
+    predictor = predictor_with("onnx", tiny_weights, monkeypatch)
+    rgb = load_image(original_image)
+    result = predictor.analyse(rgb)
+    built = lambda: {n for n, c in predictor.classifiers.items() if isinstance(c.network, torch.nn.Module)}  # noqa: E731
+    assert built() == set() and not isinstance(predictor.segmenter.network, torch.nn.Module)
+    predictor.gradcam(rgb, result.label, "resnet18")
+    assert built() == set(predictor.members["resnet18"])

