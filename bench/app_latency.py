@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 
 from derm.retrieval import similar  # noqa: E402
+from derm import data  # noqa: E402
 from derm.data import resolve_data_dir  # noqa: E402
 from derm.imageio import load_image  # noqa: E402
 from derm.pipeline import Predictor  # noqa: E402
@@ -72,6 +73,9 @@ def main() -> None:
                         help="auto: what the app uses on this CPU (bf16 where native, else fp32); both: bf16 and "
                              "fp32 where bf16 is native")
     parser.add_argument("--compare", default=None, help="another weights folder, timed interleaved with --weights")
+    parser.add_argument("--gallery", choices=["auto", "test"], default="auto",
+                        help="auto: the app's (HAM10000 train with the full dataset, embedded once and cached); test: "
+                             "the shipped test split's, as on a fresh clone (the search differs by one matrix product)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     app = "bf16" if cpu_has_fast_bf16() else "fp32"
@@ -80,10 +84,12 @@ def main() -> None:
     predictors = {name: Predictor(args.weights, bf16=name == "bf16") for name in timed}
     if args.compare:
         predictors["compare"] = Predictor(args.compare, bf16=timed[0] == "bf16")
-    shared = similar.build_gallery(predictors[timed[0]], progress=similar.tqdm_progress("gallery"))  # once per weights
+    source = data.ImageSource(data.TEST_SUBSET_DIR, complete=False) if args.gallery == "test" else None
+    shared = similar.build_gallery(predictors[timed[0]], source, progress=similar.tqdm_progress("gallery"))  # once
     galleries = {name: shared for name in timed}
     if args.compare:
-        galleries["compare"] = similar.build_gallery(predictors["compare"], progress=similar.tqdm_progress("gallery"))
+        galleries["compare"] = similar.build_gallery(predictors["compare"], source,
+                                                     progress=similar.tqdm_progress("gallery"))
     configs = {name: similar.SimilarConfig.from_weights(p.weights_dir) for name, p in predictors.items()}
     for name, predictor in predictors.items():  # warm-up
         full_result(predictor, uploads[0], galleries[name], configs[name])
