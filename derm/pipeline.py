@@ -31,7 +31,7 @@ from derm.maskclean import NONE as NO_CLEANING
 from derm.maskclean import CleanConfig
 from derm.maskclean import clean as clean_mask
 from derm.precision import cpu_has_fast_bf16
-from derm.runtime import OnnxTapped, Tapped, onnx_tapped, tap_names, wants_onnx
+from derm.runtime import BuiltOnFirstUse, OnnxTapped, Tapped, onnx_tapped, tap_names, wants_onnx
 from derm.weights import default_weights_dir, load_model, read_manifest
 
 LOW_CONFIDENCE = 0.5
@@ -91,13 +91,7 @@ class ClassifierModel:
     colour: str = "none"  # the colour constancy it was trained with (derm.colour)
     onnx: OnnxTapped | None = None  # the same pass through ONNX Runtime (derm.runtime); None: PyTorch
 
-    @property
-    def model(self) -> nn.Module:
-        """The PyTorch network, built when first needed: through ONNX Runtime a diagnosis needs none (only
-        Grad-CAM's last layers, the gate's refitting and retrieval's sizes read it), so none is loaded."""
-        if not isinstance(self.network, nn.Module):
-            self.network = self.network()
-        return self.network
+    model = BuiltOnFirstUse()  # derm.runtime: from `network` when first read
 
     @cached_property
     def tapped(self) -> Tapped:
@@ -211,11 +205,7 @@ class SegmenterModel:
     cleaning: CleanConfig = NO_CLEANING  # derm.maskclean: one lesion, not the vignette (manifest `cleaning`)
     onnx: OnnxTapped | None = None  # the same network through ONNX Runtime (derm.runtime); None: PyTorch
 
-    @property
-    def model(self) -> nn.Module:
-        if not isinstance(self.network, nn.Module):
-            self.network = self.network()
-        return self.network
+    model = BuiltOnFirstUse()  # derm.runtime: from `network` when first read
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,20 @@ class Tapped(nn.Module):
         return m._fc(pooled), pooled, head
 
 
+class BuiltOnFirstUse:
+    """`model = BuiltOnFirstUse()` in a class whose `network` holds a PyTorch network or a zero-argument
+    function that builds it: reading `model` builds it once. Through ONNX Runtime a diagnosis runs no
+    PyTorch network, so none is built (nor torchvision imported) on a cold start; Grad-CAM's last layers
+    and the gate's own checks build theirs when they need them."""
+
+    def __get__(self, owner: object, owner_type: type | None = None) -> nn.Module:
+        if owner is None:
+            return self  # type: ignore[return-value]
+        if not isinstance(owner.network, nn.Module):
+            owner.network = owner.network()
+        return owner.network
+
+
 def onnx_installed() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
 

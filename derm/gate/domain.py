@@ -34,6 +34,7 @@ from torch import nn
 from derm import weights
 from derm.gate import net as gate_net
 from derm.gate.objects import ObjectCheck
+from derm.runtime import BuiltOnFirstUse
 
 GATE_JSON, GATE_TENSORS = "gate.json", "gate.safetensors"
 FEATURE_MODEL = "resnet18"
@@ -247,6 +248,8 @@ def decide(params: GateParams, deep: np.ndarray, stats: np.ndarray,
 class DomainGate:
     """The fitted gate bound to the classifier whose features it reads."""
 
+    model = BuiltOnFirstUse()  # derm.runtime: from `network` when first read
+
     def __init__(self, params: GateParams | None, model: nn.Module | Callable[[], nn.Module], to_tensor,
                  bf16: bool = False, net: nn.Module | None = None, objects: ObjectCheck | None = None):
         self.params = params
@@ -255,12 +258,6 @@ class DomainGate:
         self.bf16 = bf16
         self.net = net  # the device network (derm.gate.net), when the gate has one
         self.objects = objects  # the ImageNet object check (derm.gate.objects), when the gate has one
-
-    @property
-    def model(self) -> nn.Module:
-        if not isinstance(self.network, nn.Module):
-            self.network = self.network()
-        return self.network
 
     @torch.no_grad()
     def features(self, images: list[np.ndarray], inputs: list[np.ndarray],

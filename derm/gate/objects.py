@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from derm.pretrained import IMAGENET_NORMALIZATION, build_lite, file_sha256, weights_file
-from derm.runtime import OnnxTapped, onnx_tapped, wants_onnx
+from derm.runtime import BuiltOnFirstUse, OnnxTapped, onnx_tapped, wants_onnx
 
 ARCH = "lite0"
 INPUT_SIZE = 224  # Lite0's ImageNet resolution: resize the shorter side to 256, centre-crop 224
@@ -125,16 +125,11 @@ def fit_object_check(fit_dermoscopic: np.ndarray, val_dermoscopic: dict[str, np.
 class ObjectCheck:
     """The fitted check with its network; `judge` gives (refused?, reason) per image."""
 
+    model = BuiltOnFirstUse()  # derm.runtime: from `network` when first read
+
     def __init__(self, params: ObjectCheckParams, network: nn.Module | Callable[[], nn.Module], bf16: bool = False,
                  onnx: OnnxTapped | None = None):
         self.params, self.network, self.bf16, self.onnx = params, network, bf16, onnx
-
-    @property
-    def model(self) -> nn.Module:
-        """The PyTorch network, built on first use (through ONNX Runtime the check runs without it)."""
-        if not isinstance(self.network, nn.Module):
-            self.network = self.network()
-        return self.network
 
     def judge(self, images: list[np.ndarray]) -> list[tuple[bool, str | None, float]]:
         probs = imagenet_probabilities(None if self.onnx is not None else self.model, images, self.bf16, onnx=self.onnx)
