@@ -116,7 +116,7 @@ def export_graph(model: nn.Module, input_hw: tuple[int, int], path: Path, tapped
 
 
 class OnnxTapped:
-    """An exported graph through an ONNX Runtime session on this process's torch thread count: called
+    """An exported graph through an ONNX Runtime InferenceSession on this process's torch thread count: called
     with a batch, it returns the tuple the module returned (Tapped: logits, pooled, maps)."""
 
     def __init__(self, path: Path, threads: int | None = None):
@@ -126,12 +126,12 @@ class OnnxTapped:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self.inference = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.output_names = tuple(o.name for o in self.inference.get_outputs())
         self.tap_names = self.output_names[len(OUTPUTS):]  # a Tapped graph's maps, after logits and pooled
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outputs = self.session.run(None, {"x": np.ascontiguousarray(x.float().numpy())})
+        outputs = self.inference.run(None, {"x": np.ascontiguousarray(x.float().numpy())})
         return tuple(torch.from_numpy(o) for o in outputs)
 
 
