@@ -8,7 +8,6 @@ here; every number comes from derm.
 from __future__ import annotations
 
 import hashlib
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +24,9 @@ from derm.uncertainty import display as uncertainty_display
 from derm.uncertainty.config import UncertaintyConfig
 from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifest
 
-# torch, the models, plotly and reportlab are imported where they are used: the first page shows its
+# torch, the models and reportlab are imported where they are used: the first page shows its
 # examples without waiting seconds for them
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from derm.pipeline import Predictor, Result
     from derm.retrieval import similar
 
@@ -227,25 +224,6 @@ def heat_map(predictor: Predictor, rgb: np.ndarray, key: str, class_name: str, m
 # ----------------------------------------------------------------------------- drawing one analysis
 
 
-def wrapped(text: str, width: int = 32) -> str:
-    """Plotly axis labels do not wrap by themselves: long class names would squeeze the bars."""
-    return "<br>".join(textwrap.wrap(text, width))
-
-
-def probability_figure(table: pd.DataFrame) -> go.Figure:
-    """Horizontal bars, most likely on top, full class names, descriptions on hover."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure(go.Bar(
-        x=table["probability"], y=[wrapped(f"{n} ({c})") for n, c in zip(table["name"], table["class"])],
-        orientation="h",
-        text=[f"{p:.1%}" for p in table["probability"]], textposition="outside", customdata=table["description"],
-        hovertemplate="%{y}<br>%{x:.1%}<br>%{customdata}<extra></extra>", marker_color="#2f6f8f"))
-    fig.update_layout(xaxis=dict(range=[0, 1.18], tickformat=".0%"), yaxis=dict(autorange="reversed"),
-                      height=340, margin=dict(l=10, r=10, t=10, b=10))
-    return fig
-
-
 def show_headline(result: Result, mark: str = "") -> None:
     lead = "Unreliable guess" if mark else "Most likely"
     st.subheader(f"{lead}: {FULL_NAMES[result.label]} ({result.label}), {result.confidence:.0%}")
@@ -298,8 +276,12 @@ def show_ground_truth(row: pd.Series) -> None:
             f"diagnosis confirmed by {how}.")
 
 
-def show_probabilities(result: Result, key: str) -> None:
-    st.plotly_chart(probability_figure(report.probability_table(result)), key=f"probs_{key}")
+def show_probabilities(result: Result) -> None:
+    """One bar per class, most likely first. Streamlit's own bars, not a chart: loading a chart library
+    cost each browser about a second of CPU per result, which several users at once on one machine wait for."""
+    table = report.probability_table(result)
+    for code, name, p in zip(table["class"], table["name"], table["probability"]):
+        st.progress(min(max(float(p), 0.0), 1.0), text=f"**{p:.1%}** {name} ({code})")
 
 
 def show_model_table(result: Result) -> None:
@@ -483,7 +465,7 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
     left, right = st.columns(2)
     with left:
         st.markdown(f"**Ensemble probabilities{mark}**")
-        show_probabilities(result, key)
+        show_probabilities(result)
     with right:
         st.markdown(f"**Which model answers each class{mark}**")
         show_model_table(result)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -112,19 +113,26 @@ def load_table(data_dir: str | Path | None = None) -> pd.DataFrame:
     lesion's body site (localization; missing where the source has none), image_path, mask_path.
 
     Reads the official metadata when present; otherwise the ISIC 2018 one-hot GroundTruth.csv, where
-    each image is its own lesion (the format has no lesion ids).
+    each image is its own lesion (the format has no lesion ids). Read once per version of that file
+    (the app asks on every redraw); each caller gets its own copy.
     """
     root = resolve_data_dir(data_dir)
     meta = root / "HAM10000_metadata.csv"
-    if meta.is_file():
-        table = pd.read_csv(meta)
+    source = meta if meta.is_file() else root / "GroundTruth.csv"
+    stat = source.stat()
+    return _read_table(str(root), source.name, stat.st_size, stat.st_mtime_ns).copy()
+
+
+@lru_cache(maxsize=8)
+def _read_table(root: str, file_name: str, size: int, mtime_ns: int) -> pd.DataFrame:
+    table = pd.read_csv(os.path.join(root, file_name))
+    if file_name == "HAM10000_metadata.csv":
         table["label"] = table["dx"].str.upper()
     else:
-        onehot = pd.read_csv(root / "GroundTruth.csv")
         table = pd.DataFrame({
-            "image_id": onehot["image"],
-            "lesion_id": onehot["image"],
-            "label": onehot[list(CLASSES)].idxmax(axis=1),
+            "image_id": table["image"],
+            "lesion_id": table["image"],
+            "label": table[list(CLASSES)].idxmax(axis=1),
             "dx_type": "unknown",
         })
     unknown = set(table["label"]) - set(CLASSES)
@@ -132,8 +140,9 @@ def load_table(data_dir: str | Path | None = None) -> pd.DataFrame:
         raise ValueError(f"unknown labels in {root}: {sorted(unknown)}")
     table = table.sort_values("image_id").reset_index(drop=True)
     table["label_idx"] = table["label"].map(CLASS_INDEX).astype(int)
-    table["image_path"] = [str(root / "images" / f"{i}.jpg") for i in table["image_id"]]
-    table["mask_path"] = [str(root / "masks" / f"{i}_segmentation.png") for i in table["image_id"]]
+    images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
+    table["image_path"] = [os.path.join(images, f"{i}.jpg") for i in table["image_id"]]
+    table["mask_path"] = [os.path.join(masks, f"{i}_segmentation.png") for i in table["image_id"]]
     for column in PATIENT_COLUMNS:  # the ISIC 2018 one-hot format has no patient metadata
         if column not in table:
             table[column] = None

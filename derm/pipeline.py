@@ -269,6 +269,7 @@ class Predictor:
         the gate on disk no longer matches and would be refused."""
         self.weights_dir = Path(weights_dir) if weights_dir else default_weights_dir()
         bf16 = cpu_has_fast_bf16() if bf16 is None else bf16  # None: wherever it is native
+        self.bf16 = bf16
         self.manifest = read_manifest(self.weights_dir)
         if list(self.manifest["classes"]) != list(CLASSES):
             raise ValueError(f"{self.weights_dir}: class order {self.manifest['classes']} is not {CLASSES}")

@@ -8,12 +8,12 @@ nothing is ever downloaded at run time.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from derm.weights import file_sha256
 
 if TYPE_CHECKING:  # torch is imported where a network is built: the CLI's help reads LITE without it
     from torch import nn
@@ -71,11 +71,6 @@ def weights_file(name: str) -> Path:
     spec = lite_spec(name)
     locator = getattr(_import(spec.module, spec.package), spec.locator)
     return Path(locator.get_model_file_path())
-
-
-@lru_cache(maxsize=None)
-def file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def weights_record(name: str) -> dict:

@@ -13,7 +13,6 @@ the weights file it was made from, so new weights never meet an old graph; nothi
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import warnings
@@ -95,7 +94,9 @@ def graph_path(weights_file: Path, input_hw: tuple[int, int]) -> Path:
     """Where the graph of these weights at this input size is cached (named by the file's digest)."""
     from derm.data import cache_dir
 
-    digest = hashlib.sha256(Path(weights_file).read_bytes()).hexdigest()[:16]
+    from derm.weights import file_sha256
+
+    digest = file_sha256(weights_file)[:16]
     return cache_dir() / "onnx" / f"{Path(weights_file).stem}_{digest}_{input_hw[0]}x{input_hw[1]}.onnx"
 
 

@@ -34,7 +34,8 @@ from typing import Any
 
 WORKERS_ENV = "DERM_WORKERS"  # how many inference workers; 0 runs the models in the app's own process
 MAX_DEFAULT_WORKERS = 4  # each worker holds its own copy of the models (~1.5 GB with torch)
-POLL_S = 0.25  # how often a waiting request is told its place
+POLL_S = 0.25  # how often a waiting request checks its place
+REMIND_S = 2.0  # an unchanged place is told again this rarely: each telling redraws that user's page
 
 
 def usable_cores() -> int:
@@ -128,14 +129,14 @@ class Line:
 
     @contextmanager
     def turn(self, on_wait: Callable[[int, int], None] | None = None, timeout_s: float = 900) -> Iterator[None]:
-        """Wait for this request's turn (calling on_wait(ahead, busy) about every POLL_S while waiting),
-        hold a slot inside the block, give it back afterwards. Leaving early (an exception in on_wait,
-        e.g. the user's browser left) gives the place up."""
+        """Wait for this request's turn (calling on_wait(ahead, busy) when the place changes, and every
+        REMIND_S while it does not), hold a slot inside the block, give it back afterwards. Leaving early
+        (an exception in on_wait, e.g. the user's browser left) gives the place up."""
         with self._changed:
             ticket = self._next_ticket
             self._next_ticket += 1
             self._waiting.append(ticket)
-        served = False
+        served, told, told_at = False, None, 0.0
         try:
             deadline = time.monotonic() + timeout_s
             while True:
@@ -149,8 +150,9 @@ class Line:
                     ahead, busy = self._waiting.index(ticket), self._busy
                     if time.monotonic() > deadline:
                         raise ServingError("The server is too busy right now: please try again in a minute.")
-                if on_wait is not None:
+                if on_wait is not None and ((ahead, busy) != told or time.monotonic() - told_at >= REMIND_S):
                     on_wait(ahead, busy)
+                    told, told_at = (ahead, busy), time.monotonic()
                 with self._changed:
                     self._changed.wait(POLL_S)
             yield

@@ -12,8 +12,10 @@ manifest.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,22 @@ WEIGHTS_ENV = "DERM_WEIGHTS"
 
 def default_weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_ENV, REPO_ROOT / "weights")).expanduser()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's contents, read once per (path, size, modification time): a weights file is
+    hashed at every load (cache names, the gate's tie to its network) and reading 150 MB each time costs."""
+    stat = Path(path).stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class WeightsNotFoundError(FileNotFoundError):

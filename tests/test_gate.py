@@ -213,13 +213,14 @@ def test_diagnose_page_leads_with_the_refusal_and_offers_the_guess(monkeypatch):
     assert not at.exception, at.exception
     assert any("Not analysed" in e.value for e in at.error)
     assert not any("Most likely" in s.value or "Unreliable guess" in s.value for s in at.subheader)
-    assert not at.get("plotly_chart")
+    assert not at.get("progress")  # no probability bars before the user asks
     toggle = [t for t in at.toggle if t.label == "Show the models' guess anyway"]
     assert len(toggle) == 1
     toggle[0].set_value(True).run()
     assert not at.exception, at.exception
     assert any(s.value.startswith("Unreliable guess") for s in at.subheader)
     assert any("Unreliable" in w.value for w in at.warning)
+    assert len(at.get("progress")) == 7  # then the probability bars, one per class
 
 
 def test_each_dermoscopic_source_keeps_its_share():

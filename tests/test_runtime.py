@@ -115,3 +115,18 @@ def test_through_onnx_runtime_a_diagnosis_builds_no_pytorch_network(tiny_weights
     assert built() == set() and not isinstance(predictor.segmenter.network, torch.nn.Module)
     predictor.gradcam(rgb, result.label, "resnet18")
     assert built() == set(predictor.members["resnet18"])
+
+
+def test_a_graph_is_named_by_its_weights_contents_hashed_once_per_file_version(tmp_path, monkeypatch):
+    from derm import weights
+
+    monkeypatch.setenv("DERM_CACHE", str(tmp_path / "cache"))
+    weights_file = tmp_path / "net.safetensors"
+    weights_file.write_bytes(b"first")
+    first = runtime.graph_path(weights_file, (150, 200))
+    assert first.name.startswith("net_") and first.name.endswith("_150x200.onnx")
+    hits = weights._file_sha256.cache_info().hits
+    assert runtime.graph_path(weights_file, (150, 200)) == first
+    assert weights._file_sha256.cache_info().hits == hits + 1  # the second load reads nothing
+    weights_file.write_bytes(b"second, longer")  # new contents: new size and time, so a new graph
+    assert runtime.graph_path(weights_file, (150, 200)) != first

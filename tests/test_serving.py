@@ -57,6 +57,23 @@ def test_the_line_serves_first_come_first_and_tells_each_its_place():
     assert line.waiting == 0 and line.busy == 0
 
 
+def test_a_waiting_request_is_told_its_place_when_it_changes_not_at_every_check():
+    line = serving.Line(slots=1)
+    served, places, release = [], {}, threading.Event()
+    first = start_in_line(line, "first", served, places, release)
+    wait_until(lambda: served == ["first"])
+    second = start_in_line(line, "second", served, places, release)
+    wait_until(lambda: "second" in places)
+    time.sleep(6 * serving.POLL_S)  # six checks of an unchanged place, within REMIND_S
+    assert serving.REMIND_S > 7 * serving.POLL_S and places["second"] == [0]  # told once: each telling redraws a page
+    third = start_in_line(line, "third", served, places, release)
+    wait_until(lambda: "third" in places)
+    release.set()
+    for thread in (first, second, third):
+        thread.join(WAIT_S)
+    assert places["second"] == [0] and places["third"][0] == 1
+
+
 def test_leaving_the_line_gives_the_place_up():
     line = serving.Line(slots=1)
     served, places, release = [], {}, threading.Event()

@@ -130,3 +130,18 @@ def test_card_lines_render_a_short_table(tmp_path):
     assert len(lines) <= 20 and sum(line.startswith("| derm7pt |") for line in lines) == 1
     assert any("similar-eval" in line for line in lines)
     assert evaluate.card_lines(tmp_path / "missing") == []
+
+
+def test_embedding_on_two_processes_gives_this_process_answer_in_order(tiny_weights, data_dir, own_cache):
+    predictor = Predictor(tiny_weights, load_gate=False)
+    paths = list(data.load_table(data_dir)["image_path"].head(10))
+    for with_probabilities in (False, True):
+        here = similar.embed_images(predictor, paths, with_probabilities, batch_size=3, use_cache=False)
+        calls = []
+        there = similar.embed_images(predictor, paths, with_probabilities, progress=lambda d, t: calls.append((d, t)),
+                                     batch_size=3, use_cache=False, workers=2)
+        assert list(there.hashes) == list(here.hashes)  # the images in their order
+        np.testing.assert_allclose(there.embeddings, here.embeddings, atol=1e-4)
+        if with_probabilities:
+            np.testing.assert_allclose(there.probabilities, here.probabilities, atol=1e-4)
+        assert calls == [(3, 10), (6, 10), (9, 10), (10, 10)]

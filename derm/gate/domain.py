@@ -19,7 +19,6 @@ regression finds most likely.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +31,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from derm import weights
+from derm.weights import file_sha256
 from derm.gate import net as gate_net
 from derm.gate.objects import ObjectCheck
 from derm.runtime import BuiltOnFirstUse
@@ -190,14 +190,6 @@ class GateDecision:
             f", everyday-object score {self.object_score:.2f} (ImageNet classes unlike a lesion)"
         return (f"dermatoscopic probability {self.probability:.2f}{device}, "
                 f"distance from the training images {self.distance:.1f}{objects}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mahalanobis(params: GateParams, deep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from derm.pretrained import IMAGENET_NORMALIZATION, build_lite, file_sha256, weights_file
+from derm.pretrained import IMAGENET_NORMALIZATION, build_lite, weights_file
 from derm.runtime import BuiltOnFirstUse, OnnxTapped, onnx_tapped, wants_onnx
+from derm.weights import file_sha256
 
 ARCH = "lite0"
 INPUT_SIZE = 224  # Lite0's ImageNet resolution: resize the shorter side to 256, centre-crop 224

@@ -17,6 +17,24 @@ GALLERY_FILE = "similar_gallery.npz"  # derm.retrieval.shipped_gallery's, named 
 DEFAULT_DIMS = 64  # derm.retrieval.shipped_gallery.ShippedGalleryConfig.dims (tests/test_shipped_gallery.py checks)
 
 
+def worker_count(text: str) -> int:
+    """--workers: a whole number, at least 1."""
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of processes, not {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, not {workers}")
+    return workers
+
+
+def add_workers_option(p: argparse.ArgumentParser) -> None:
+    from derm.serving import usable_cores
+
+    p.add_argument("--workers", type=worker_count, default=usable_cores(),
+                   help="processes that look at the images the first time, one core each (default: one per core)")
+
+
 def add_similar_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("similar", help="the most similar confirmed HAM10000 cases for images",
                        description="Prints one row per returned case: query, rank, image_id, dx, dx_type "
@@ -29,6 +47,7 @@ def add_similar_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--k", type=int, default=8, help="cases per image (default 8)")
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.add_argument("--limit", type=int, default=0, help="use at most N gallery images (quick checks)")
+    add_workers_option(p)
     p.set_defaults(func=cmd_similar)
 
 
@@ -43,7 +62,8 @@ def cmd_similar(args: argparse.Namespace) -> int:
         return 2
     try:
         table = similar.ham_table()
-        gallery = similar.build_gallery(predictor, limit=args.limit, progress=similar.tqdm_progress("gallery"))
+        gallery = similar.build_gallery(predictor, limit=args.limit, progress=similar.tqdm_progress("gallery"),
+                                        workers=args.workers)
     except DataNotFoundError as exc:
         print(f"derm similar: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +93,7 @@ def add_similar_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="HAM10000 folder (default: the usual lookup, docs/data.md)")
     p.add_argument("--derm7pt", help="derm7pt folder (default ../shared/derm7pt)")
     p.add_argument("--out", default="weights/similar.json")
+    add_workers_option(p)
     p.set_defaults(func=cmd_similar_eval)
 
 
@@ -86,7 +107,7 @@ def cmd_similar_eval(args: argparse.Namespace) -> int:
     command = "python -m derm " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m derm similar-eval"
     try:
         report = evaluate.evaluate(predictor, args.data, Path(args.derm7pt) if args.derm7pt else evaluate.DERM7PT,
-                                   command)
+                                   command, args.workers)
     except (DataNotFoundError, FileNotFoundError) as exc:
         print(f"derm similar-eval: {exc}", file=sys.stderr)
         return 2
@@ -112,6 +133,7 @@ def add_similar_gallery_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ship", action="store_true", help=f"write WEIGHTS/{GALLERY_FILE}")
     p.add_argument("--dims", type=int, default=DEFAULT_DIMS,
                    help=f"with --ship: principal axes kept (default {DEFAULT_DIMS})")
+    add_workers_option(p)
     p.set_defaults(func=cmd_similar_gallery)
 
 
@@ -130,10 +152,10 @@ def cmd_similar_gallery(args: argparse.Namespace) -> int:
         if args.ship:
             config = shipped_gallery.ShippedGalleryConfig(dims=args.dims)
             path = shipped_gallery.build_shipped_gallery(predictor.weights_dir, config,
-                                                         similar.tqdm_progress("test split"), predictor)
+                                                         similar.tqdm_progress("test split"), predictor, args.workers)
             print(f"wrote {path} ({Path(path).stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.0f} s")
             return 0
-        gallery = similar.build_gallery(predictor, progress=similar.tqdm_progress("gallery"))
+        gallery = similar.build_gallery(predictor, progress=similar.tqdm_progress("gallery"), workers=args.workers)
     except DataNotFoundError as exc:
         print(f"derm similar-gallery: {exc}", file=sys.stderr)
         return 2

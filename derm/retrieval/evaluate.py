@@ -121,14 +121,15 @@ def choose_threshold(gallery: Gallery, val: Embedded, val_set: EvalSet, own: np.
             "same_lesion_median": round(float(np.median(same_arr)), 4) if len(same) else None}
 
 
-def original_self_similarity(predictor: Predictor, gallery: Gallery, data_dir: Path) -> np.ndarray | None:
+def original_self_similarity(predictor: Predictor, gallery: Gallery, data_dir: Path,
+                             workers: int = 1) -> np.ndarray | None:
     """Each full-size original's similarity to its own 200x150 copy in the gallery (an upload of it)."""
     originals = data_dir / "originals"
     ids = set(gallery.table["image_id"])
     paths = sorted(str(p) for p in originals.glob("*.jpg") if p.stem in ids) if originals.is_dir() else []
     if not paths:
         return None
-    embedded = embed_images(predictor, paths)
+    embedded = embed_images(predictor, paths, workers=workers)
     rows = gallery.table.reset_index().set_index("image_id").loc[[Path(p).stem for p in paths], "index"].to_numpy()
     return np.einsum("nd,nd->n", gallery.project(embedded.embeddings), gallery.embeddings[rows])
 
@@ -153,16 +154,17 @@ def choose_k(val_set: EvalSet, val: Embedded, gallery: Gallery, threshold: float
     return max(by_k, key=by_k.get), by_k
 
 
-def evaluate(predictor: Predictor, data_dir: str | None = None, derm7pt: Path = DERM7PT, command: str = "") -> dict:
-    """Everything weights/similar.json holds (see the module doc)."""
+def evaluate(predictor: Predictor, data_dir: str | None = None, derm7pt: Path = DERM7PT, command: str = "",
+             workers: int = 1) -> dict:
+    """Everything weights/similar.json holds (see the module doc); images embedded on `workers` processes."""
     source = data.image_source(data_dir)
     if not source.complete:
         raise data.DataNotFoundError("similar-eval needs the full HAM10000 (its train split is the gallery)")
-    gallery = build_gallery(predictor, source, progress=tqdm_progress("gallery (HAM10000 train)"))
+    gallery = build_gallery(predictor, source, progress=tqdm_progress("gallery (HAM10000 train)"), workers=workers)
     sets = {**ham_sets(str(source.path), predictor.weights_dir / "split.csv"), "derm7pt": derm7pt_set(derm7pt)}
-    embedded = {name: embed_images(predictor, s.paths, with_probabilities=True, progress=tqdm_progress(name))
-                for name, s in sets.items()}
-    own = original_self_similarity(predictor, gallery, source.path)
+    embedded = {name: embed_images(predictor, s.paths, with_probabilities=True, progress=tqdm_progress(name),
+                                   workers=workers) for name, s in sets.items()}
+    own = original_self_similarity(predictor, gallery, source.path, workers)
     threshold = choose_threshold(gallery, embedded["HAM10000 val"], sets["HAM10000 val"], own)
     threshold["originals_self_similarity"] = None if own is None else {
         "n": len(own), "min": round(float(own.min()), 4), "median": round(float(np.median(own)), 4)}
@@ -184,7 +186,7 @@ def space_words(report: dict) -> str:
     """How the features were compared, in the card's words."""
     if not report.get("space"):
         return "centred on the gallery"
-    return (f"the four ResNets' features, centred and reduced to {report['dimensions']} principal axes fitted on "
+    return (f"the ResNets' features, centred and reduced to {report['dimensions']} principal axes fitted on "
             "the shipped test split's features without their labels")
 
 

@@ -64,10 +64,10 @@ def reference_table(weights_dir: Path, limit: int = 0) -> pd.DataFrame:
 
 
 def build_reference(predictor: Predictor, limit: int = 0, config: ShippedGalleryConfig = ShippedGalleryConfig(),
-                    progress: Progress | None = None) -> Reference:
+                    progress: Progress | None = None, workers: int = 1) -> Reference:
     """Embed the shipped test split (cached) and fit the retrieval space on it."""
     table = reference_table(predictor.weights_dir, limit)
-    raw = similar.embed_images(predictor, list(table["image_path"]), progress=progress)
+    raw = similar.embed_images(predictor, list(table["image_path"]), progress=progress, workers=workers)
     space = RetrievalSpace.fit(raw.embeddings, similar.blocks_of(predictor), config.dims)
     return Reference(table["image_id"].astype(str).to_numpy(), raw.hashes.astype(str),
                      space.map(raw.embeddings).astype(np.float16).astype(np.float32), space,
@@ -101,14 +101,15 @@ def load(path: Path, fingerprint: str) -> Reference | None:
 
 
 def build_shipped_gallery(weights_dir: Path, config: ShippedGalleryConfig = ShippedGalleryConfig(),
-                          progress: Progress | None = None, predictor: Predictor | None = None) -> Path:
+                          progress: Progress | None = None, predictor: Predictor | None = None,
+                          workers: int = 1) -> Path:
     """(Re)write weights_dir/similar_gallery.npz for the weights there. Call it whenever a retrieval
     network (derm.retrieval.similar.RETRIEVAL_NETWORKS) changes (`python -m derm similar-gallery --ship` after export;
 scripts/train_shipped.sh does)."""
     weights_dir = Path(weights_dir)
     predictor = predictor or Predictor(weights_dir, load_gate=False)
     target = weights_dir / GALLERY_FILE
-    save(build_reference(predictor, 0, config, progress), target)
+    save(build_reference(predictor, 0, config, progress, workers), target)
     return target
 
 
@@ -118,7 +119,8 @@ def cached_reference_path(predictor: Predictor, limit: int) -> Path:
     return data.cache_dir() / f"similar_reference_{similar.weights_fingerprint(predictor.weights_dir)}_{size}.npz"
 
 
-def reference_for(predictor: Predictor, limit: int = 0, progress: Progress | None = None) -> Reference:
+def reference_for(predictor: Predictor, limit: int = 0, progress: Progress | None = None,
+                  workers: int = 1) -> Reference:
     """The weights' shipped Reference when it is valid, else one built once into the cache."""
     fingerprint = similar.weights_fingerprint(predictor.weights_dir)
     shipped = load(predictor.weights_dir / GALLERY_FILE, fingerprint)
@@ -127,7 +129,7 @@ def reference_for(predictor: Predictor, limit: int = 0, progress: Progress | Non
     path = cached_reference_path(predictor, limit)
     cached = load(path, fingerprint)
     if cached is None:
-        cached = build_reference(predictor, limit, progress=progress)
+        cached = build_reference(predictor, limit, progress=progress, workers=workers)
         save(cached, path)
     return cached
 

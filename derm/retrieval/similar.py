@@ -5,9 +5,9 @@ is about as accurate as its softmax and shows *why* an answer may be right or wr
 Br J Dermatol 2019). Readers are helped most by the probabilities themselves (Tschandl et al., Nat Med
 2020), so the cases are shown beside the probabilities, never instead of them.
 
-Embedding: the global-average-pooled features (the input to `fc`) of the ensemble's four ResNets
-(RETRIEVAL_NETWORKS: ResNet18 x 2, ResNet50 x 2; other members, such as an EfficientNet, are left out so
-that a gallery stays valid when they change), each L2-normalised, concatenated and divided by
+Embedding: the global-average-pooled features (the input to `fc`) of the ensemble's ResNets
+(RETRIEVAL_NETWORKS that the weights hold: the shipped ones have two ResNet18s and one ResNet50; other
+members, such as an EfficientNet, are left out so that a gallery stays valid when they change), each L2-normalised, concatenated and divided by
 sqrt(number of networks). Every network then weighs the same whatever its width (512 vs 2048), the
 cosine of two embeddings is the mean of the networks' own cosines, and the features come from the
 forward pass the classification already runs (identity view; Predictor.analyse keeps them), so a
@@ -16,7 +16,7 @@ lie between about 0.9 and 1), so each network's block is centred on a reference 
 renormalised before the cosine: on HAM10000 val (gallery: train) that raised the vote's balanced
 accuracy at its best k from 0.649 to 0.697 (macro AUC 0.903 -> 0.894, precision@8 0.773 -> 0.766).
 The centred embeddings are then projected on the reference set's first principal axes and
-renormalised (RetrievalSpace): 5,120 numbers per case become a few dozen, which is what lets a gallery
+renormalised (RetrievalSpace): thousands of numbers per case (3,072 with the shipped ResNets) become a few dozen, which is what lets a gallery
 ship inside weights/ (derm.retrieval.shipped_gallery, where the reference set and the numbers are).
 
 Gallery: the confirmed HAM10000 cases the models trained on (the train split) when the full dataset is
@@ -38,7 +38,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from derm import catalog, data
 from derm.classes import CLASSES, NUM_CLASSES
 from derm.imageio import load_image
 from derm.pipeline import Predictor, classifier_input
+from derm.weights import file_sha256
 
 EMBEDDING_VERSION = "pooled-l2-concat-v1"  # change when the embedding's definition changes: new caches
 RETRIEVAL_NETWORKS = ("resnet18", "resnet18_2", "resnet50", "resnet50_2")  # whose features the embedding holds
@@ -120,15 +121,6 @@ def input_hw(predictor: Predictor) -> tuple[int, int]:
     return predictor.classifiers[retrieval_networks(predictor.manifest)[0]].input_hw
 
 
-@lru_cache(maxsize=64)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_fingerprint(weights_dir: Path) -> str:
     """Short hash of the retrieval networks' weight files (their contents) and how they are used
     (manifest): a gallery's embeddings hold while it is unchanged, whatever else the ensemble holds."""
@@ -137,9 +129,7 @@ def weights_fingerprint(weights_dir: Path) -> str:
     digest = hashlib.sha256(EMBEDDING_VERSION.encode())
     for name in sorted(retrieval_networks(manifest)):
         entry = manifest["models"][name]
-        path = weights_dir / entry["file"]
-        st = path.stat()
-        digest.update(f"{name}:{_file_sha256(str(path), st.st_size, st.st_mtime_ns)}:{entry['input_hw']}:"
+        digest.update(f"{name}:{file_sha256(weights_dir / entry['file'])}:{entry['input_hw']}:"
                       f"{entry['normalization']}:{entry.get('colour', 'none')}".encode())
     return digest.hexdigest()[:16]
 
@@ -169,8 +159,7 @@ def ensemble_fingerprint(weights_dir: Path) -> str:
     manifest = json.loads((weights_dir / "manifest.json").read_text())
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
     for entry in manifest["models"].values():
-        st = (weights_dir / entry["file"]).stat()
-        digest.update(_file_sha256(str(weights_dir / entry["file"]), st.st_size, st.st_mtime_ns).encode())
+        digest.update(file_sha256(weights_dir / entry["file"]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -183,33 +172,46 @@ def cache_path(predictor: Predictor, paths: list[str], with_probabilities: bool 
     return data.cache_dir() / f"similar_{len(paths)}_{key}.npz"
 
 
+def embed_batch(predictor: Predictor, paths: list[str], with_probabilities: bool = False
+                ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(embeddings, pixel hashes, ensemble probabilities or None) of a few image files."""
+    images = [load_image(p) for p in paths]
+    hashes = [pixel_hash(rgb, input_hw(predictor)) for rgb in images]
+    if not with_probabilities:
+        return embedding(predictor.model_features(images, retrieval_networks(predictor.manifest))), hashes, None
+    features: dict[str, np.ndarray] = {}
+    probabilities = predictor.ensemble(predictor.model_probabilities(images, features))[0]
+    return embedding(retrieval_features(predictor, features)), hashes, probabilities
+
+
 def embed_images(predictor: Predictor, paths: list[str], with_probabilities: bool = False,
-                 progress: Progress | None = None, batch_size: int = 32, use_cache: bool = True) -> Embedded:
-    """Embed image files in batches, cached per weights version and file list (fp16 on disk).
+                 progress: Progress | None = None, batch_size: int = 32, use_cache: bool = True,
+                 workers: int = 1) -> Embedded:
+    """Embed image files in batches, cached per weights version and file list (fp16 on disk); with
+    workers > 1 on that many processes (derm.batch_workers: the commands use every core, the app one).
 
     Without probabilities only the identity view of the retrieval networks runs (no TTA): a gallery
     needs their features alone. With them, each batch goes through the ensemble as the app runs it and
     the features come from that pass.
     """
+    from derm.batch_workers import map_batches
+
     target = cache_path(predictor, paths, with_probabilities)
     if use_cache and target.is_file():
         stored = np.load(target)
         return Embedded(stored["embeddings"].astype(np.float32), stored["hashes"],
                         stored["probabilities"] if "probabilities" in stored else None)
-    hw = input_hw(predictor)
-    embeddings, hashes, probabilities = [], [], []
-    for start in range(0, len(paths), batch_size):
-        images = [load_image(p) for p in paths[start:start + batch_size]]
-        hashes += [pixel_hash(rgb, hw) for rgb in images]
-        if with_probabilities:
-            features: dict[str, np.ndarray] = {}
-            probabilities.append(predictor.ensemble(predictor.model_probabilities(images, features))[0])
-            features = retrieval_features(predictor, features)
-        else:
-            features = predictor.model_features(images, retrieval_networks(predictor.manifest))
-        embeddings.append(embedding(features))
+    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+    embeddings, hashes, probabilities, done = [], [], [], 0
+    for part, part_hashes, part_probabilities in map_batches(
+            predictor, partial(embed_batch, with_probabilities=with_probabilities), batches, workers):
+        embeddings.append(part)
+        hashes += part_hashes
+        if part_probabilities is not None:
+            probabilities.append(part_probabilities)
+        done += len(part_hashes)
         if progress is not None:
-            progress(min(start + batch_size, len(paths)), len(paths))
+            progress(done, len(paths))
     out = Embedded(np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32), np.array(hashes),
                    np.concatenate(probabilities) if probabilities else None)
     if use_cache:
@@ -320,18 +322,19 @@ def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) ->
 
 
 def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, limit: int = 0,
-                  progress: Progress | None = None) -> Gallery:
+                  progress: Progress | None = None, workers: int = 1) -> Gallery:
     """The gallery for these weights in their retrieval space: the shipped test split straight from
-    weights/similar_gallery.npz; any other from the embedding cache, or embedded now (`progress`)."""
+    weights/similar_gallery.npz; any other from the embedding cache, or embedded now (`progress`, on
+    `workers` processes)."""
     from derm.retrieval import shipped_gallery  # that module builds on this one
 
     source = source or data.image_source()
     table, description = gallery_table(source, predictor.weights_dir / "split.csv", limit)
-    reference = shipped_gallery.reference_for(predictor, limit, progress)
+    reference = shipped_gallery.reference_for(predictor, limit, progress, workers)
     rows = None if source.complete else reference.rows_for(table)
     if rows is not None:
         return Gallery(table, reference.embeddings[rows], reference.hashes[rows], description, reference.space)
-    embedded = embed_images(predictor, list(table["image_path"]), progress=progress)
+    embedded = embed_images(predictor, list(table["image_path"]), progress=progress, workers=workers)
     return Gallery(table, reference.space.map(embedded.embeddings), embedded.hashes, description, reference.space)
 
 
