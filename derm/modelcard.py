@@ -457,8 +457,10 @@ CHOICES = [
     ("Input size", "native 150x200, not upscaled 224x224: equal on validation at 0.61x the training time"),
     ("Sampling and augmentation", "square-root inverse-frequency sampling, rotations, flips, zoom, colour jitter; "
      "for other cameras a device-imitating augmentation and Shades of Gray colour constancy"),
-    ("Networks and slots", "each slot averages a network trained for other cameras and one trained without: "
-     "their mistakes differ"),
+    ("Networks and slots", "the ResNet18 slot averages a network trained for other cameras and one trained without "
+     "(their mistakes differ); the ResNet50 slot is the one trained for other cameras; the EfficientNet slot averages "
+     "an ImageNet-pretrained Lite0 and its continuation for 100,000 more images, which took the place of a second "
+     "ResNet50 (cross-validation on HAM10000 validation equal, derm7pt train and valid better; docs/tried.md)"),
     ("Test-time flips and temperatures", "per network, on validation; flips kept only for a validation gain of "
      "at least 0.002"),
     ("Combining the slots", "hard routing (frequent classes to ResNet18, rare ones to ResNet50), the plain mean and "
