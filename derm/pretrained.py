@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from derm.weights import file_sha256
-
 if TYPE_CHECKING:  # torch is imported where a network is built: the CLI's help reads LITE without it
     from torch import nn
 
@@ -75,6 +73,8 @@ def weights_file(name: str) -> Path:
 
 def weights_record(name: str) -> dict:
     """What the run's config and the manifest record of a pretrained encoder: package, file, sha256."""
+    from derm.weights import file_sha256  # it loads the data module: not for the CLI's help
+
     path = weights_file(name)
     spec = lite_spec(name)
     return {"name": name, "package": f"{spec.package}==0.1.0", "file": path.name, "sha256": file_sha256(str(path))}

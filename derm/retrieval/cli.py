@@ -29,10 +29,15 @@ def worker_count(text: str) -> int:
 
 
 def add_workers_option(p: argparse.ArgumentParser) -> None:
-    from derm.serving import usable_cores
-
-    p.add_argument("--workers", type=worker_count, default=usable_cores(),
+    p.add_argument("--workers", type=worker_count, default=None,
                    help="processes that look at the images the first time, one core each (default: one per core)")
+
+
+def workers_of(args: argparse.Namespace) -> int:
+    """--workers, or one per core this process may use."""
+    from derm.serving import usable_cores  # it loads the data module: not while the parser is built
+
+    return args.workers or usable_cores()
 
 
 def add_similar_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,7 +68,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
     try:
         table = similar.ham_table()
         gallery = similar.build_gallery(predictor, limit=args.limit, progress=similar.tqdm_progress("gallery"),
-                                        workers=args.workers)
+                                        workers=workers_of(args))
     except DataNotFoundError as exc:
         print(f"derm similar: {exc}", file=sys.stderr)
         return 2
@@ -107,7 +112,7 @@ def cmd_similar_eval(args: argparse.Namespace) -> int:
     command = "python -m derm " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m derm similar-eval"
     try:
         report = evaluate.evaluate(predictor, args.data, Path(args.derm7pt) if args.derm7pt else evaluate.DERM7PT,
-                                   command, args.workers)
+                                   command, workers_of(args))
     except (DataNotFoundError, FileNotFoundError) as exc:
         print(f"derm similar-eval: {exc}", file=sys.stderr)
         return 2
@@ -152,10 +157,11 @@ def cmd_similar_gallery(args: argparse.Namespace) -> int:
         if args.ship:
             config = shipped_gallery.ShippedGalleryConfig(dims=args.dims)
             path = shipped_gallery.build_shipped_gallery(predictor.weights_dir, config,
-                                                         similar.tqdm_progress("test split"), predictor, args.workers)
+                                                         similar.tqdm_progress("test split"), predictor,
+                                                         workers_of(args))
             print(f"wrote {path} ({Path(path).stat().st_size / 1e6:.2f} MB) in {time.perf_counter() - start:.0f} s")
             return 0
-        gallery = similar.build_gallery(predictor, progress=similar.tqdm_progress("gallery"), workers=args.workers)
+        gallery = similar.build_gallery(predictor, progress=similar.tqdm_progress("gallery"), workers=workers_of(args))
     except DataNotFoundError as exc:
         print(f"derm similar-gallery: {exc}", file=sys.stderr)
         return 2
