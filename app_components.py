@@ -15,18 +15,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
-from derm import data, report, serving
+from derm import data, serving
 from derm.classes import CLASSES, DESCRIPTIONS, FULL_NAMES
 from derm.uncertainty import display as uncertainty_display
 from derm.uncertainty.config import UncertaintyConfig
 from derm.weights import WeightsNotFoundError, default_weights_dir, read_manifest
 
-# torch, the models and reportlab are imported where they are used: the first page shows its
-# examples without waiting seconds for them
+# torch, the models, pandas (derm.report) and reportlab are imported where they are used: the first page
+# shows its examples without waiting seconds for them
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from derm import report
     from derm.pipeline import Predictor, Result
     from derm.retrieval import similar
 
@@ -42,8 +44,6 @@ DISCLAIMER = ("**Research demo, not a diagnosis.** These models were trained on 
 DX_TYPES = {"histo": "histopathology", "follow_up": "follow-up examination", "consensus": "expert consensus",
             "confocal": "in-vivo confocal microscopy"}
 PERCENT = st.column_config.NumberColumn(format="percent")
-PROBABILITY_BAR = st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100)
-PROBABILITY = st.column_config.NumberColumn(format="%.1f%%")
 
 
 # ----------------------------------------------------------------------------- weights and data
@@ -116,11 +116,25 @@ _GALLERIES: dict[tuple[str, str], similar.Gallery] = {}  # per weights and image
 _GALLERY_LOCK = threading.Lock()
 
 
-def gallery_ready(predictor: Predictor, source: data.ImageSource) -> bool:
-    """True when the similar cases can be shown at once (in memory or in the disk cache)."""
+GALLERY_RECHECK_S = 10.0  # a gallery built meanwhile from a terminal is noticed within this
+_GALLERY_CHECKS: dict[tuple[str, str], tuple[float, bool, int]] = {}  # key -> (checked at, ready, cases)
+
+
+def gallery_state(predictor: Predictor, source: data.ImageSource) -> tuple[bool, int]:
+    """(ready, number of confirmed cases): ready when the similar cases can be shown at once (in memory or in
+    the disk cache). Checking the disk cache reads the whole table and each train image's size and date (about
+    0.3 s of the server for every result drawn), so an answer is trusted for GALLERY_RECHECK_S seconds."""
     from derm.retrieval import similar
 
-    return (str(predictor.weights_dir), str(source.path)) in _GALLERIES or similar.gallery_is_cached(predictor, source)
+    key = (str(predictor.weights_dir), str(source.path))
+    if key in _GALLERIES:
+        return True, len(_GALLERIES[key])
+    checked = _GALLERY_CHECKS.get(key)
+    if checked is None or time.monotonic() - checked[0] > GALLERY_RECHECK_S:
+        ready = similar.gallery_is_cached(predictor, source)
+        checked = (time.monotonic(), ready, similar.gallery_size(source, predictor.weights_dir / "split.csv"))
+        _GALLERY_CHECKS[key] = checked
+    return checked[1], checked[2]
 
 
 def gallery(predictor: Predictor, source: data.ImageSource) -> similar.Gallery:
@@ -279,17 +293,21 @@ def show_ground_truth(row: pd.Series) -> None:
 def show_probabilities(result: Result) -> None:
     """One bar per class, most likely first. Streamlit's own bars, not a chart: loading a chart library
     cost each browser about a second of CPU per result, which several users at once on one machine wait for."""
+    from derm import report
+
     table = report.probability_table(result)
     for code, name, p in zip(table["class"], table["name"], table["probability"]):
         st.progress(min(max(float(p), 0.0), 1.0), text=f"**{p:.1%}** {name} ({code})")
 
 
 def show_model_table(result: Result) -> None:
+    """Per class: the slots' weights, the ensemble's and each slot's probability (a Markdown table: no data grid)."""
+    from derm import report
+
     table = report.model_table(result)
-    probability_columns = list(table.columns[2:])  # after class and weights
-    table[probability_columns] *= 100  # the progress column's printf format shows percent, not fractions
-    st.dataframe(table, hide_index=True,
-                 column_config={c: PROBABILITY_BAR if c == "ensemble" else PROBABILITY for c in probability_columns})
+    for column in table.columns[2:]:  # after class and weights: probabilities
+        table[column] = [f"{p:.1%}" for p in table[column]]
+    st.markdown(report.markdown_table(table))
     st.caption(report.combination_caption(result))
 
 
@@ -298,6 +316,7 @@ def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
                  ) -> tuple[np.ndarray, report.GradcamChoice]:
     """Grad-CAM overlay with a class picker (the predicted class by default) and an opacity slider; the
     overlay and which class and slot it explains (for the download)."""
+    from derm import report
     from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, seen_by_model
 
     class_name = st.selectbox("Explain class", CLASSES, index=CLASSES.index(default_class or result.label),
@@ -327,9 +346,11 @@ def show_mask(rgb: np.ndarray, result: Result) -> np.ndarray | None:
 
 
 def show_measurements(result: Result) -> None:
+    from derm import report
+
     if result.lesion is None:
         return
-    st.table(report.measurement_table(result.lesion).set_index("measure"))
+    st.markdown(report.markdown_table(report.measurement_table(result.lesion)))
     st.caption(report.NO_SCALE_NOTE)
 
 
@@ -337,7 +358,7 @@ def show_download(predictor: Predictor, rgb: np.ndarray, result: Result, images:
                   key: str, found: similar.SimilarCases | None, cam: report.GradcamChoice) -> None:
     """The zip (with the similar cases' vote and the shown Grad-CAM's class and slot) and the one-page PDF
     report (with the top class's Grad-CAM), each built only when its button is clicked (deferred download)."""
-    from derm import report_pdf
+    from derm import report, report_pdf
 
     version = report.weights_version(predictor.weights_dir)
     meta = {"image": name, "weights": str(predictor.weights_dir), "weights_version": version}
@@ -418,9 +439,8 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     if source is None:
         st.caption("No HAM10000 images here, so there are no confirmed cases to compare with.")
         return None
-    if not gallery_ready(predictor, source) and not st.button(SIMILAR_BUTTON, key=f"similar_build_{key}",
-                                                              icon=":material/image_search:"):
-        size = similar.gallery_size(source, predictor.weights_dir / "split.csv")
+    ready, size = gallery_state(predictor, source)
+    if not ready and not st.button(SIMILAR_BUTTON, key=f"similar_build_{key}", icon=":material/image_search:"):
         st.caption(f"The first time, the models look at each of the {size} confirmed cases once (on one CPU core "
                    f"roughly {max(1, round(size / CASES_PER_MINUTE))} min); afterwards similar cases appear at once. "
                    "`python -m derm similar-gallery` does the same from a terminal, on every core.")
@@ -462,13 +482,10 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
         show_prediction_set(predictor, result, mark)
     show_triage(predictor, result, mark)
     show_warnings(result)
-    left, right = st.columns(2)
-    with left:
-        st.markdown(f"**Ensemble probabilities{mark}**")
-        show_probabilities(result)
-    with right:
-        st.markdown(f"**Which model answers each class{mark}**")
-        show_model_table(result)
+    st.markdown(f"**Ensemble probabilities{mark}**")
+    show_probabilities(result)
+    st.markdown(f"**Which model answers each class{mark}**")  # the page's width: the table has a column per slot
+    show_model_table(result)
     found = show_similar(predictor, rgb, result, key, mark, None if truth is None else str(truth["lesion_id"]),
                          on_pick)
     left, right = st.columns(2)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 import app_components as ui
 from derm import catalog, data
 from derm.classes import CLASSES, FULL_NAMES
 from derm.imageio import ImageError, load_image
+
+if TYPE_CHECKING:  # the table is read only when a HAM10000 image is asked for: the first page needs no pandas
+    import pandas as pd
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
 UPLOAD, CAMERA, HAM = "Upload a photo", "Camera", "HAM10000 image"
@@ -37,17 +41,17 @@ def take_pick_from_elsewhere() -> None:
         pick_example(image_id)
 
 
-def show_examples(table: pd.DataFrame) -> None:
+def show_examples(images: data.ImageSource) -> None:
     """One test image per class, labelled with its true diagnosis: one click to a first result."""
-    rows = catalog.examples(table)
-    if rows.empty:
+    shown = catalog.examples(images.path)
+    if not shown:
         return
     st.markdown("**Try an example**: one test-split image per diagnosis (the models never saw these).")
-    for column, (_, row) in zip(st.columns(len(rows)), rows.iterrows()):
-        column.image(row["image_path"], width="stretch")
-        column.button("Analyse", key=f"example_{row['image_id']}", on_click=pick_example, args=(row["image_id"],),
-                      width="stretch", help=f"{row['image_id']}, true diagnosis {row['label']}")
-        column.caption(f"**{row['label']}**: {FULL_NAMES[row['label']]}")  # under the buttons: they stay in line
+    for column, example in zip(st.columns(len(shown)), shown):
+        column.image(str(example.path), width="stretch")
+        column.button("Analyse", key=f"example_{example.image_id}", on_click=pick_example, args=(example.image_id,),
+                      width="stretch", help=f"{example.image_id}, true diagnosis {example.label}")
+        column.caption(f"**{example.label}**: {FULL_NAMES[example.label]}")  # under the buttons: they stay in line
 
 
 def describe_ham_source(source: data.ImageSource | None) -> None:
@@ -91,12 +95,11 @@ def ham_input(table: pd.DataFrame) -> tuple[bytes | None, str, pd.Series | None]
     return path.read_bytes(), path.name, row
 
 
-def chosen_input(table: pd.DataFrame | None, images: data.ImageSource | None
-                 ) -> tuple[bytes | None, str, pd.Series | None]:
+def chosen_input(images: data.ImageSource | None) -> tuple[bytes | None, str, pd.Series | None]:
     """(file bytes, file name, HAM10000 row or None) from whichever source the user chose."""
-    sources = [UPLOAD, CAMERA] + ([HAM] if table is not None else [])
+    sources = [UPLOAD, CAMERA] + ([HAM] if images is not None else [])
     source = st.radio("Image source", sources, horizontal=True, key="source", label_visibility="collapsed")
-    if table is None or source == HAM:
+    if images is None or source == HAM:
         describe_ham_source(images)
     if source == UPLOAD:
         upload = st.file_uploader("Lesion photo (JPEG, PNG, BMP, TIFF or WebP)", type=UPLOAD_TYPES, key="upload",
@@ -105,7 +108,8 @@ def chosen_input(table: pd.DataFrame | None, images: data.ImageSource | None
     if source == CAMERA:
         photo = st.camera_input("Take a close-up photo of the lesion", key="camera")
         return (photo.getvalue(), "camera.jpg", None) if photo else (None, "", None)
-    return ham_input(table)
+    table = ui.ham_table_or_none()
+    return ham_input(table) if table is not None else (None, "", None)
 
 
 def decoded(raw: bytes, name: str) -> np.ndarray | None:
@@ -122,10 +126,9 @@ def main() -> None:
     take_pick_from_elsewhere()
     st.markdown(ui.DISCLAIMER)
     images = ui.image_source_or_none()
-    table = ui.ham_table_or_none()
-    if table is not None:
-        show_examples(table)
-    raw, name, truth = chosen_input(table, images)
+    if images is not None:
+        show_examples(images)
+    raw, name, truth = chosen_input(images)
     if raw is None:
         st.info("Choose a dermatoscopic photo of one skin lesion to see what the models think.")
         return
@@ -134,7 +137,7 @@ def main() -> None:
         return
     predictor = ui.predictor_or_none()
     if predictor is not None:
-        ui.show_analysis(predictor, rgb, name, truth, on_pick=pick_example if table is not None else None)
+        ui.show_analysis(predictor, rgb, name, truth, on_pick=pick_example if images is not None else None)
 
 
 main()

@@ -38,26 +38,31 @@ UPLOAD_HW = (450, 600)
 START_TIMEOUT_S = 120
 RESULT_TIMEOUT_MS = 300_000
 LINE_TEXTS = ("in line", "You are next", "Starting the models")  # derm.serving.Place.message()
-# Recorded in the page before the upload: did the user see their place in line while waiting?
+# Recorded in the page before the upload: did the user see their place in line while waiting? Only the
+# changed nodes' text is read (textContent: no layout), so the probe itself costs the browser next to nothing.
 WATCH_LINE = """(texts) => {
     window.__sawLine = false;
-    new MutationObserver(() => {
-        const body = document.body.innerText;
-        if (texts.some(t => body.includes(t))) window.__sawLine = true;
-    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    const observer = new MutationObserver(records => {
+        for (const record of records) {
+            const text = record.target.textContent || '';
+            if (texts.some(t => text.includes(t))) { window.__sawLine = true; observer.disconnect(); return; }
+        }
+    });
+    observer.observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
-# The full result: the headline, both overlays' captions, the measurements, and every image decoded.
+# The full result: the headline, both overlays' captions, the measurements' last row, and every image decoded. Polled
+# every 100 ms in every browser session, so it reads textContent (innerText would force a layout of the page each time).
 RESULT_SHOWN = """() => {
-    const text = document.body.innerText;
+    const text = document.body.textContent;
     const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
     return text.includes('Most likely:') && text.includes('Grad-CAM of') && text.includes('U-Net lesion outline')
-        && document.querySelector('[data-testid="stTable"]') !== null
+        && text.includes('Largest diameter')
         && imgs.length >= 2 && imgs.every(img => img.complete && img.naturalWidth > 0);
 }"""
-# What a user reads as their answer: headline, measurements, and the overlays' pixels (as served).
+# What a user reads as their answer: headline, the tables (models, measurements), and the overlays' pixels (as served).
 ANSWER = """async () => {
     const headline = [...document.querySelectorAll('h3')].map(h => h.innerText).find(t => t.includes('Most likely')) || '';
-    const table = [...document.querySelectorAll('[data-testid="stTable"]')].map(t => t.innerText).join('|');
+    const table = [...document.querySelectorAll('[data-testid="stMarkdownContainer"] table')].map(t => t.innerText).join('|');
     const overlays = [];
     for (const fig of document.querySelectorAll('[data-testid="stImage"]')) {
         const caption = fig.innerText;

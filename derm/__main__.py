@@ -2,4 +2,4 @@ import sys
 
 from derm.cli import main
 
-sys.exit(main())
+sys.exit(main(exit_fast=True))

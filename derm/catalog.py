@@ -8,12 +8,16 @@ users upload; otherwise the 200x150 image the models were trained on.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from derm.classes import CLASSES
+
+if TYPE_CHECKING:  # the first page shows the examples before pandas is imported (cold start)
+    import pandas as pd
 
 ID_PATTERN = re.compile(r"^ISIC_\d{7}$")
 # One clear example per class for the Diagnose page, all from the test split (so in every clone and
@@ -57,11 +61,19 @@ def image_path(row: pd.Series) -> Path:
     return original if original.is_file() else small
 
 
-def examples(table: pd.DataFrame) -> pd.DataFrame:
-    """The example rows, one per class in class order; a table without them gives an empty frame."""
-    order = {EXAMPLES[c]: i for i, c in enumerate(CLASSES)}
-    rows = table[table["image_id"].isin(order)]
-    return rows.sort_values("image_id", key=lambda ids: ids.map(order)).reset_index(drop=True)
+@dataclass(frozen=True)
+class Example:
+    label: str
+    image_id: str
+    path: Path  # the 200x150 image under images/
+
+
+def examples(images_root: str | Path) -> list[Example]:
+    """The examples present under a HAM10000 folder (images/<id>.jpg), one per class in class order. Found by
+    file name, not through the metadata table: the first page shows them without reading the table."""
+    found = [Example(label, image_id, Path(images_root) / "images" / f"{image_id}.jpg")
+             for label, image_id in EXAMPLES.items()]
+    return [example for example in found if example.path.is_file()]
 
 
 def split_of(image_id: str, split_path: Path) -> str | None:
@@ -71,5 +83,7 @@ def split_of(image_id: str, split_path: Path) -> str | None:
     """
     if not Path(split_path).is_file():
         return None
+    import pandas as pd
+
     split = pd.read_csv(split_path, index_col="image_id")["split"]
     return str(split[image_id]) if image_id in split.index else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -204,7 +205,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     from derm.uncertainty.commands import add_coverage_option
 
     add_coverage_option(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, exit_fast=True)
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
@@ -212,7 +213,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                        description="Writes DIR/<stem>_mask.png (0/255) at each image's own size.")
     add_image_inputs(p)
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.set_defaults(func=cmd_segment)
+    p.set_defaults(func=cmd_segment, exit_fast=True)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -230,8 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if rgb is None:
             failed += 1
             continue
-        combined, slots = predictor.classify([rgb])
-        domain = predictor.check_domain([rgb])[0]
+        per_model, domains = predictor.model_probabilities_and_domain([rgb])
+        combined, slots = predictor.ensemble(per_model)
+        domain = domains[0]
         row = {"path": path, **{c: round(float(combined[0, i]), 6) for i, c in enumerate(CLASSES)},
                "label": CLASSES[int(combined[0].argmax())],
                **predict_fields(uncertainty, combined[0], args.coverage, {k: p[0] for k, p in slots.items()}),
@@ -643,7 +645,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exit_fast: bool = False) -> int:
+    """Run one command. exit_fast (`python -m derm`): after predict, segment and similar the process ends
+    without the interpreter's teardown of torch, ONNX Runtime and the weights, which took about 0.9 s of a
+    5 s cold `predict`; their output is flushed and they leave no file open or process running."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    code = args.func(args)
+    if exit_fast and getattr(args, "exit_fast", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    return code

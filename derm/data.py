@@ -12,12 +12,15 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from derm.classes import CLASS_INDEX, CLASSES
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: a diagnosis reads none (cold start)
+    import pandas as pd
 
 DATA_ENV = "DERM_DATA"
 CACHE_ENV = "DERM_CACHE"
@@ -125,6 +128,8 @@ def load_table(data_dir: str | Path | None = None) -> pd.DataFrame:
 
 @lru_cache(maxsize=8)
 def _read_table(root: str, file_name: str, size: int, mtime_ns: int) -> pd.DataFrame:
+    import pandas as pd
+
     table = pd.read_csv(os.path.join(root, file_name))
     if file_name == "HAM10000_metadata.csv":
         table["label"] = table["dx"].str.upper()
@@ -160,6 +165,8 @@ def make_split(table: pd.DataFrame, seed: int = 0) -> pd.Series:
     """
     from sklearn.model_selection import StratifiedGroupKFold  # here: a second of import the app and CLI skip
 
+    import pandas as pd
+
     folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
     split = pd.Series("train", index=table.index, name="split")
     fold_ids = list(folds.split(table, table["label_idx"], groups=table["lesion_id"]))
@@ -169,10 +176,14 @@ def make_split(table: pd.DataFrame, seed: int = 0) -> pd.Series:
 
 
 def write_split(table: pd.DataFrame, split: pd.Series, path: str | Path) -> None:
+    import pandas as pd
+
     pd.DataFrame({"image_id": table["image_id"], "split": split}).to_csv(path, index=False)
 
 
 def read_split(path: str | Path) -> pd.DataFrame:
+    import pandas as pd
+
     split = pd.read_csv(path)
     if set(split.columns) != {"image_id", "split"} or not set(split["split"]) <= set(SPLITS):
         raise ValueError(f"{path} is not a split file (columns image_id,split; train/val/test)")
@@ -229,6 +240,8 @@ def decode_mask(path: str | Path, size_hw: tuple[int, int]) -> np.ndarray:
 def mask_set_pairs(root: str | Path, split: str) -> tuple[list[str], list[str]]:
     """Image and mask paths of one split of a folder in isic2018_task1's layout (images/<id>.jpg,
     masks/<id>_segmentation.png, split.csv with image_id,split): a second source of lesion masks."""
+    import pandas as pd
+
     root = Path(root)
     table = pd.read_csv(root / "split.csv")
     ids = table.loc[table["split"] == split, "image_id"]

@@ -117,9 +117,9 @@ def evaluate_classification(predictor: Predictor, images_dir: str | Path, table:
     domains: list = []  # the gate's verdicts: does its score say where the prediction sets miss?
 
     def flush() -> None:
-        members = predictor.model_probabilities([rgb for _, rgb in batch])
+        members, verdicts = predictor.model_probabilities_and_domain([rgb for _, rgb in batch])
         combined, slots = predictor.ensemble(members)
-        domains.extend(predictor.check_domain([rgb for _, rgb in batch]))
+        domains.extend(verdicts)
         ids.extend(i for i, _ in batch)
         ensemble.append(combined)
         for name, p in slots.items():

@@ -355,6 +355,15 @@ class Predictor:
                 taps[name] = maps
         return per_model
 
+    def model_probabilities_and_domain(self, images: list[np.ndarray]
+                                       ) -> tuple[dict[str, np.ndarray], list[GateDecision | None]]:
+        """model_probabilities() and check_domain() from one pass: the gate reads the feature classifier's
+        layers of the diagnosis's own pass (as analyse() does) instead of running that network again."""
+        taps: dict[str, dict[str, torch.Tensor]] = {}
+        per_model = self.model_probabilities(images, taps=taps)
+        deep = layer_statistics(taps[FEATURE_MODEL]) if self.gate is not None else None
+        return per_model, self.check_domain(images, deep)
+
     def model_features(self, images: list[np.ndarray], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Every classifier's (or the named ones') pooled features, identity view only: what a retrieval
         gallery stores."""

@@ -48,6 +48,17 @@ def model_table(result: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A small table as Markdown, which the app draws as plain HTML: Streamlit's data grid and Arrow tables
+    cost each browser about 1.9 MB of JavaScript to parse at its first result, a second of CPU."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def weights_text(row: dict[str, float]) -> str:
     """'resnet18 62% · resnet50 38%': a class's mix of slots, largest first, zero weights left out."""
     ranked = sorted(((w, s) for s, w in row.items() if w >= 0.005), reverse=True)

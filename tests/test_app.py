@@ -103,8 +103,10 @@ def test_an_uploaded_photo_gets_probabilities_overlays_and_measurements(runs_dir
     assert [b.split("**")[1] for b in bars] == [f"{p:.1%}" for p in sorted(result.probabilities.values(), reverse=True)]
     assert bars[0].endswith(f"{FULL_NAMES[result.label]} ({result.label})")
     assert any(c.startswith("Grad-CAM of") for c in captions(at)) and "U-Net lesion outline" in captions(at)
-    measures = at.table[0].value
-    assert measures.loc["Area", "value"].startswith(f"{result.lesion['area_px']:,} px")
+    measures = next(m.value for m in at.markdown if m.value.startswith("| measure |"))  # drawn as plain HTML
+    assert f"| Area | {result.lesion['area_px']:,} px (" in measures and "| Largest diameter |" in measures
+    models = next(m.value for m in at.markdown if m.value.startswith("| class | weights | ensemble |"))
+    assert f"| {result.label} | " in models and f" | {result.probabilities[result.label]:.1%} |" in models
     assert "no physical scale" in texts(at.caption) and "not a diagnosis" in texts(at.markdown)
     # the page's warnings are the result's, plus the malignancy triage's flag where the image is flagged
     assert [w.value for w in at.warning if "Research demo: not medical advice" not in w.value] == result.warnings

@@ -44,12 +44,18 @@ def test_image_path_prefers_the_full_size_original(table, data_dir, tmp_path):
     assert catalog.image_path(catalog.find_image(copied, small_id)) == tmp_path / "ham" / "images" / f"{small_id}.jpg"
 
 
-def test_examples_are_one_test_image_per_class_with_that_label(table):
-    rows = catalog.examples(table)
-    assert list(rows["label"]) == list(CLASSES) and list(rows["image_id"]) == [catalog.EXAMPLES[c] for c in CLASSES]
-    assert all(catalog.split_of(i, data.REPO_ROOT / "weights" / "split.csv") == "test" for i in rows["image_id"])
-    assert catalog.EXAMPLE_ID in set(rows["image_id"])
-    assert catalog.examples(table[table["label"] != "DF"])["label"].tolist() == [c for c in CLASSES if c != "DF"]
+def test_examples_are_one_test_image_per_class_with_that_label(table, tmp_path):
+    shown = catalog.examples(data.TEST_SUBSET_DIR)
+    assert [e.label for e in shown] == list(CLASSES) and [e.image_id for e in shown] == [catalog.EXAMPLES[c] for c in CLASSES]
+    for example in shown:  # the label it is shown with is the table's, and the models never saw it
+        assert catalog.find_image(table, example.image_id)["label"] == example.label
+        assert catalog.split_of(example.image_id, data.REPO_ROOT / "weights" / "split.csv") == "test"
+        assert example.path.is_file()
+    assert catalog.EXAMPLE_ID in {e.image_id for e in shown}
+    (tmp_path / "images").mkdir()
+    for example in shown[:3] + shown[4:]:  # a folder without the DF example shows the others
+        shutil.copyfile(example.path, tmp_path / "images" / example.path.name)
+    assert [e.label for e in catalog.examples(tmp_path)] == [c for c in CLASSES if c != "DF"]
 
 
 def test_split_of_reads_a_split_file(tmp_path):

@@ -55,7 +55,7 @@ loaded = sorted({{m.split(".")[0] if m.split(".")[0] in heavy else m for m in sy
                  if m in heavy or m.split(".")[0] in heavy}})
 print(json.dumps({{"exception": bool(app.exception), "examples": examples, "loaded": loaded}}))
 """
-FIRST_PAGE_NEEDS = {"cv2", "pandas", "PIL", "derm.data"}  # reading the table and decoding the example images
+FIRST_PAGE_NEEDS = {"cv2", "PIL", "derm.data"}  # finding and decoding the example images (no table is read)
 
 
 def test_the_first_page_shows_its_examples_without_loading_the_models(tiny_weights, tmp_path):
@@ -79,3 +79,12 @@ def test_loaded_networks_hold_exactly_the_files_tensors(tiny_weights):
         assert all(torch.equal(state[k], stored[k]) for k in stored), entry["file"]
         assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
         assert all(p.requires_grad for p in model.parameters()) and not model.training  # Grad-CAM, eval mode
+
+
+def test_a_diagnosis_from_the_command_line_reads_no_table():
+    """`predict` imports neither pandas nor scikit-learn (half a second of a cold start): it reads no table."""
+    code = ("import sys; from derm.pipeline import Predictor; from derm.uncertainty.commands import predict_fields; "
+            "print(sorted(m for m in ('pandas', 'sklearn', 'scipy', 'torchvision') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

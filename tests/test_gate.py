@@ -378,8 +378,8 @@ def test_group_weights_give_each_source_an_equal_part_of_its_class():
 
 
 def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(shipped_predictor):
-    """analyse() lets the gate (and the out-of-distribution energy) read the classification's own
-    ResNet18 pass."""
+    """analyse() (and predict's model_probabilities_and_domain) let the gate (and the out-of-distribution
+    energy) read the classification's own ResNet18 pass."""
     from derm.data import TEST_SUBSET_DIR
     from derm.gate.domain import FEATURE_MODEL
 
@@ -398,6 +398,10 @@ def test_a_diagnosis_runs_the_gates_resnet18_once_and_reaches_the_same_verdict(s
             assert len(calls) == (0 if clf.onnx is not None else 1)  # and the gate ran no pass of its own
             alone = shipped_predictor.check_domain([image])[0]
             assert verdict.in_domain == alone.in_domain and verdict.kind == alone.kind
+            runs.clear()
+            _, (batch_verdict,) = shipped_predictor.model_probabilities_and_domain([image])  # predict's one pass
+            assert runs == [1 + len(clf.tta)]
+            assert batch_verdict.probability == pytest.approx(alone.probability, abs=1e-4)
             assert verdict.probability == pytest.approx(alone.probability, abs=1e-4)
             assert verdict.distance == pytest.approx(alone.distance, rel=1e-4)
     finally:

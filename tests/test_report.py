@@ -52,6 +52,15 @@ def test_measurement_table_uses_pixels_only(analysed):
     assert str(result.lesion["colour_count"]) in table.set_index("measure").loc["Colours", "value"]
 
 
+def test_a_markdown_table_keeps_every_cell_and_escapes_pipes():
+    import pandas as pd
+
+    frame = pd.DataFrame({"measure": ["Area", "odd | cell"], "value": ["12 px", "a\nb"]})
+    lines = report.markdown_table(frame).splitlines()
+    assert lines[:2] == ["| measure | value |", "|---|---|"]
+    assert lines[2:] == ["| Area | 12 px |", "| odd \\| cell | a b |"]
+
+
 def test_result_zip_holds_json_csv_mask_and_overlays(analysed):
     rgb, result = analysed
     outline = overlay_mask(rgb, result.mask)

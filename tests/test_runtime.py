@@ -130,3 +130,24 @@ def test_a_graph_is_named_by_its_weights_contents_hashed_once_per_file_version(t
     assert weights._file_sha256.cache_info().hits == hits + 1  # the second load reads nothing
     weights_file.write_bytes(b"second, longer")  # new contents: new size and time, so a new graph
     assert runtime.graph_path(weights_file, (150, 200)) != first
+
+
+def test_a_second_session_loads_the_kept_optimisation_with_the_same_outputs(tmp_path):
+    """The first InferenceSession keeps ONNX Runtime's optimised graph beside the exported one; later ones
+    load it without optimising again and answer bit for bit the same. A damaged file is optimised again."""
+    torch.manual_seed(0)
+    model = build_model("resnet18").eval()
+    path = runtime.export_graph(model, (64, 96), tmp_path / "net.onnx")
+    optimized = runtime.optimized_path(path)
+    x = torch.randn(2, 3, 64, 96)
+    first = runtime.OnnxTapped(path, threads=1)(x)
+    assert optimized.is_file() and not list(tmp_path.glob("*.part"))
+    kept = optimized.read_bytes()
+    second = runtime.OnnxTapped(path, threads=1)
+    assert optimized.read_bytes() == kept  # loaded, not written again
+    for a, b in zip(first, second(x)):
+        assert torch.equal(a, b)
+    optimized.write_bytes(b"not a graph")
+    third = runtime.OnnxTapped(path, threads=1)(x)
+    assert torch.equal(third[0], first[0]) and optimized.read_bytes() != b"not a graph"
+    assert torch.equal(runtime.OnnxTapped(path, threads=1)(x)[0], first[0])  # the file kept again is whole

@@ -53,7 +53,7 @@ def add_similar_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["table", "csv"], default="table")
     p.add_argument("--limit", type=int, default=0, help="use at most N gallery images (quick checks)")
     add_workers_option(p)
-    p.set_defaults(func=cmd_similar)
+    p.set_defaults(func=cmd_similar, exit_fast=True)
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
