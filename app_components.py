@@ -131,8 +131,7 @@ def gallery_state(predictor: Predictor, source: data.ImageSource) -> tuple[bool,
         return True, len(_GALLERIES[key])
     checked = _GALLERY_CHECKS.get(key)
     if checked is None or time.monotonic() - checked[0] > GALLERY_RECHECK_S:
-        ready = similar.gallery_is_cached(predictor, source)
-        checked = (time.monotonic(), ready, similar.gallery_size(source, predictor.weights_dir / "split.csv"))
+        checked = (time.monotonic(), *similar.gallery_status(predictor, source))
         _GALLERY_CHECKS[key] = checked
     return checked[1], checked[2]
 

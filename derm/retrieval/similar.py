@@ -340,17 +340,18 @@ def build_gallery(predictor: Predictor, source: data.ImageSource | None = None, 
 
 def gallery_is_cached(predictor: Predictor, source: data.ImageSource | None = None) -> bool:
     """True when build_gallery will only read files (no embedding to wait for)."""
+    return gallery_status(predictor, source)[0]
+
+
+def gallery_status(predictor: Predictor, source: data.ImageSource | None = None) -> tuple[bool, int]:
+    """(gallery_is_cached, number of confirmed cases in the gallery), from one reading of the table."""
     from derm.retrieval import shipped_gallery
 
     source = source or data.image_source()
-    if not shipped_gallery.reference_is_ready(predictor):
-        return False
     table, _ = gallery_table(source, predictor.weights_dir / "split.csv")
-    return not source.complete or cache_path(predictor, list(table["image_path"])).is_file()
-
-
-def gallery_size(source: data.ImageSource, split_path: Path) -> int:
-    return len(gallery_table(source, split_path)[0])
+    if not shipped_gallery.reference_is_ready(predictor):
+        return False, len(table)
+    return not source.complete or cache_path(predictor, list(table["image_path"])).is_file(), len(table)
 
 
 # ----------------------------------------------------------------------------- search
