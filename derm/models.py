@@ -33,6 +33,12 @@ def build_classifier(arch: str, num_classes: int = NUM_CLASSES, pretrained: bool
     return model
 
 
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The last layer of a classifier from build_classifier: a ResNet's `fc` or an EfficientNet-Lite's `_fc`;
+    its in_features is the width of the pooled features."""
+    return model.fc if hasattr(model, "fc") else model._fc
+
+
 class DoubleConv(nn.Sequential):
     """(conv 3x3 -> BN -> ReLU) x 2, the U-Net building block."""
 

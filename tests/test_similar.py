@@ -145,3 +145,10 @@ def test_embedding_on_two_processes_gives_this_process_answer_in_order(tiny_weig
         if with_probabilities:
             np.testing.assert_allclose(there.probabilities, here.probabilities, atol=1e-4)
         assert calls == [(3, 10), (6, 10), (9, 10), (10, 10)]
+
+
+def test_the_pooled_width_is_read_from_either_kind_of_classifier():
+    from derm.models import build_classifier, classifier_head
+
+    assert classifier_head(build_classifier("resnet18")).in_features == 512
+    assert classifier_head(build_classifier("lite0")).in_features == 1280  # an EfficientNet-Lite's `_fc`

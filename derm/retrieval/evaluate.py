@@ -28,8 +28,8 @@ from derm import data, external
 from derm.classes import CLASSES
 from derm.metrics import present_classes_report
 from derm.pipeline import Predictor
-from derm.retrieval.similar import (REPORT_FILE, Embedded, Gallery, build_gallery, embed_images, similarities, top_k,
-                          tqdm_progress, vote, weights_fingerprint)
+from derm.retrieval.similar import (REPORT_FILE, Embedded, Gallery, build_gallery, embed_images, retrieval_networks,
+                                    similarities, top_k, tqdm_progress, vote, weights_fingerprint)
 
 K_CANDIDATES = (1, 3, 5, 8, 10, 15, 20, 30, 50)
 PRECISION_AT = 8
@@ -171,6 +171,7 @@ def evaluate(predictor: Predictor, data_dir: str | None = None, derm7pt: Path = 
     k, by_k = choose_k(sets["HAM10000 val"], embedded["HAM10000 val"], gallery, threshold["value"])
     return {"command": command, "weights": weights_fingerprint(predictor.weights_dir),
             "space": gallery.space.id if gallery.space else None,
+            "networks": list(retrieval_networks(predictor.manifest)),
             "dimensions": gallery.space.dims if gallery.space else gallery.embeddings.shape[1],
             "code_version": predictor.manifest.get("code_version"), "gallery": {"name": gallery.description,
                                                                                   "n": len(gallery)},
@@ -186,8 +187,10 @@ def space_words(report: dict) -> str:
     """How the features were compared, in the card's words."""
     if not report.get("space"):
         return "centred on the gallery"
-    return (f"the ResNets' features, centred and reduced to {report['dimensions']} principal axes fitted on "
-            "the shipped test split's features without their labels")
+    networks = " and ".join(report.get("networks") or ["the ensemble's networks"])
+    return (f"the features of {networks}, centred and reduced to {report['dimensions']} principal "
+            "axes fitted on the shipped test split's features without their labels; networks chosen on HAM10000 val "
+            "by `python bench/similar_networks.py`")
 
 
 def card_lines(weights_dir: Path) -> list[str]:

@@ -5,18 +5,21 @@ is about as accurate as its softmax and shows *why* an answer may be right or wr
 Br J Dermatol 2019). Readers are helped most by the probabilities themselves (Tschandl et al., Nat Med
 2020), so the cases are shown beside the probabilities, never instead of them.
 
-Embedding: the global-average-pooled features (the input to `fc`) of the ensemble's ResNets
-(RETRIEVAL_NETWORKS that the weights hold: the shipped ones have two ResNet18s and one ResNet50; other
-members, such as an EfficientNet, are left out so that a gallery stays valid when they change), each L2-normalised, concatenated and divided by
-sqrt(number of networks). Every network then weighs the same whatever its width (512 vs 2048), the
-cosine of two embeddings is the mean of the networks' own cosines, and the features come from the
-forward pass the classification already runs (identity view; Predictor.analyse keeps them), so a
-query costs one matrix product. Pooled ReLU features share a large common component (raw cosines all
-lie between about 0.9 and 1), so each network's block is centred on a reference set's mean block and
-renormalised before the cosine: on HAM10000 val (gallery: train) that raised the vote's balanced
-accuracy at its best k from 0.649 to 0.697 (macro AUC 0.903 -> 0.894, precision@8 0.773 -> 0.766).
+Embedding: the global-average-pooled features (the input to the last layer) of two of the ensemble's
+networks (RETRIEVAL_NETWORKS that the weights hold: the second EfficientNet-Lite0 and the first
+ResNet18), each L2-normalised, concatenated and divided by sqrt(number of networks). Every network then
+weighs the same whatever its width (1,280 vs 512), the cosine of two embeddings is the mean of the
+networks' own cosines, and the features come from the forward pass the classification already runs
+(identity view; Predictor.analyse keeps them), so a query costs one matrix product. Which networks:
+`python bench/similar_networks.py` scores every subset of the ensemble on HAM10000 val (k chosen by
+cross-validation inside val) against the time its gallery takes to embed; these two retrieve better
+than the three ResNets used before (val 0.714 against 0.662; derm7pt train+valid, balanced accuracy of the
+vote 0.570 against 0.400) in a third of their time. Pooled features share a large common component (raw
+cosines lie close to 1), so each network's block is centred on a reference set's mean block and
+renormalised before the cosine (with the ResNets, on HAM10000 val against train, that raised the vote's
+balanced accuracy at its best k from 0.649 to 0.697).
 The centred embeddings are then projected on the reference set's first principal axes and
-renormalised (RetrievalSpace): thousands of numbers per case (3,072 with the shipped ResNets) become a few dozen, which is what lets a gallery
+renormalised (RetrievalSpace): thousands of numbers per case (1,792 with the shipped networks) become a few dozen, which is what lets a gallery
 ship inside weights/ (derm.retrieval.shipped_gallery, where the reference set and the numbers are).
 
 Gallery: the confirmed HAM10000 cases the models trained on (the train split) when the full dataset is
@@ -51,7 +54,9 @@ from derm.pipeline import Predictor, classifier_input
 from derm.weights import file_sha256
 
 EMBEDDING_VERSION = "pooled-l2-concat-v1"  # change when the embedding's definition changes: new caches
-RETRIEVAL_NETWORKS = ("resnet18", "resnet18_2", "resnet50", "resnet50_2")  # whose features the embedding holds
+# whose features the embedding holds: chosen on HAM10000 val for retrieval quality per second of embedding
+# (bench/similar_networks.py); weights without either fall back to every classifier
+RETRIEVAL_NETWORKS = ("efficientnet_2", "resnet18")
 REPORT_FILE = "similar.json"
 GALLERY_LIMIT_ENV = "DERM_GALLERY_LIMIT"  # at most this many gallery images (quick checks, tests)
 Progress = Callable[[int, int], None]  # (done, total)
@@ -303,7 +308,10 @@ class Gallery:
 
 def blocks_of(predictor: Predictor) -> tuple[int, ...]:
     """Each retrieval network's pooled width, in the embedding's (name) order."""
-    return tuple(predictor.classifiers[n].model.fc.in_features for n in sorted(retrieval_networks(predictor.manifest)))
+    from derm.models import classifier_head
+
+    return tuple(classifier_head(predictor.classifiers[n].model).in_features
+                 for n in sorted(retrieval_networks(predictor.manifest)))
 
 
 def gallery_table(source: data.ImageSource, split_path: Path, limit: int = 0) -> tuple[pd.DataFrame, str]:
