@@ -7,6 +7,7 @@ here; every number comes from derm.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -43,6 +44,7 @@ DISCLAIMER = ("**Research demo, not a diagnosis.** These models were trained on 
               "worries you to a doctor.")
 DX_TYPES = {"histo": "histopathology", "follow_up": "follow-up examination", "consensus": "expert consensus",
             "confocal": "in-vivo confocal microscopy"}
+DX_TYPES_SHORT = {"histo": "histology", "follow_up": "follow-up", "consensus": "consensus", "confocal": "confocal"}
 PERCENT = st.column_config.NumberColumn(format="percent")
 
 
@@ -389,7 +391,7 @@ def show_refusal(result: Result, key: str) -> bool:
 
 
 SIMILAR_BUTTON = "Show similar confirmed cases"
-CASES_PER_MINUTE = 300  # gallery images embedded per minute by the shipped ensemble on one busy core (measured)
+CASES_PER_MINUTE = 1100  # gallery images embedded per minute on one busy core (one thread: ~1,400 on a 2-core AVX2 CPU)
 PICK_KEY = "analyse_case"  # a case clicked on another page, for the Diagnose page to analyse
 DIAGNOSE_PAGE = "app_pages/diagnose.py"
 
@@ -413,14 +415,46 @@ def describe_vote(found: similar.SimilarCases, result: Result) -> str:
             f"({found.label})**, {share:.0%}: {verdict}.")
 
 
-def show_case(column, case: pd.Series, key: str, on_pick: Callable[[str], None] | None) -> None:
-    """One similar case: thumbnail, a button to analyse it, diagnosis, how it was confirmed, similarity."""
-    column.image(case["image_path"], width="stretch")
-    how = DX_TYPES.get(case["dx_type"], case["dx_type"])
-    if on_pick is not None:
-        column.button("Analyse", key=f"similar_{key}_{case['image_id']}", on_click=on_pick, args=(case["image_id"],),
-                      width="stretch", help=f"{case['image_id']}: {FULL_NAMES[case['dx']]}, confirmed by {how}")
-    column.caption(f"**{case['dx']}** · {how} · similarity {case['similarity']:.2f}")  # under the buttons: in line
+def cases_table(shown: pd.DataFrame) -> pd.DataFrame:
+    """The shown cases' diagnosis, how it was confirmed and similarity, a column per case, numbered as on the
+    strip of thumbnails above it (image ids and full names are in the list that opens a case)."""
+    import pandas as pd
+
+    rows = {"diagnosis": shown["dx"], "confirmed by": shown["dx_type"].map(lambda t: DX_TYPES_SHORT.get(t, t)),
+            "similarity": shown["similarity"].map(lambda v: f"{v:.2f}")}
+    return pd.DataFrame({"case": list(rows), **{str(i + 1): [values.iloc[i] for values in rows.values()]
+                                                  for i in range(len(shown))}})
+
+
+@functools.lru_cache(maxsize=64)
+def case_strip_jpeg(paths: tuple[str, ...]) -> bytes:
+    """The cases' numbered thumbnails as one JPEG, made once per set of cases for every browser session."""
+    from derm.retrieval import strip
+
+    return strip.case_strip_jpeg(paths)
+
+
+def pick_case(widget_key: str, on_pick: Callable[[str], None]) -> None:
+    """The case chosen in a similar-case list, handed to the page's own pick callback."""
+    image_id = st.session_state.get(widget_key)
+    if image_id:
+        on_pick(image_id)
+
+
+def show_cases(shown: pd.DataFrame, key: str, on_pick: Callable[[str], None] | None) -> None:
+    """The cases as one numbered strip of thumbnails, a table under it and, where a case can be opened, one
+    list to analyse it: three elements for the browser to draw instead of three per case."""
+    from derm import report
+
+    st.image(case_strip_jpeg(tuple(shown["image_path"])), width="stretch")
+    st.markdown(report.markdown_table(cases_table(shown)))
+    if on_pick is not None and len(shown):
+        labels = {row.image_id: f"{rank}: {row.image_id}, {FULL_NAMES[row.dx]}, similarity {row.similarity:.2f}"
+                  for rank, row in enumerate(shown.itertuples(), start=1)}
+        widget_key = f"similar_{key}"
+        st.selectbox("Analyse one of these cases", list(labels), index=None, format_func=labels.get,
+                     placeholder="Choose a case by its number", key=widget_key, on_change=pick_case,
+                     args=(widget_key, on_pick))
 
 
 def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, mark: str = "",
@@ -447,9 +481,7 @@ def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str
     cases_gallery = gallery(predictor, source)
     found, seconds = similar_cases(predictor, rgb, key, result, cases_gallery, lesion_id)
     st.markdown(describe_vote(found, result))
-    shown = found.cases.head(similar.SimilarConfig().shown)
-    for column, (_, case) in zip(st.columns(len(shown) or 1), shown.iterrows()):  # one row of thumbnails
-        show_case(column, case, key, on_pick)
+    show_cases(found.cases.head(similar.SimilarConfig().shown), key, on_pick)
     st.caption(f"From the {cases_gallery.description} ({len(cases_gallery)} confirmed cases), by cosine similarity "
                "of the models' own features; this image's own lesion and near-copies of it are left out. "
                f"Search {seconds * 1000:.0f} ms.")

@@ -235,12 +235,13 @@ def small_gallery(no_dataset, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
 
 
-def similar_case_buttons(at: AppTest) -> list:
-    return [b for b in at.button if b.key and b.key.startswith("similar_") and not b.key.startswith("similar_build_")]
+def case_picker(at: AppTest):
+    """The list that analyses one of the similar cases (key similar_<image key>), or None."""
+    return next((b for b in at.selectbox if b.key and b.key.startswith("similar_")), None)
 
 
-def case_id(button) -> str:
-    return button.key.split("_", 2)[2]  # similar_<image key>_<ISIC id>
+def case_ids(picker) -> list[str]:
+    return [option.split(": ", 1)[1].split(",")[0] for option in picker.options]  # "1: ISIC_0024306, Melanoma, ..."
 
 
 def build_similar(at: AppTest) -> AppTest:
@@ -256,26 +257,31 @@ def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir
     at = start_app()
     first = catalog.EXAMPLES["MEL"]
     at.button(key=f"example_{first}").click().run()
-    if not similar_case_buttons(at):  # the first time this process shows cases: it asks before minutes of work
+    if case_picker(at) is None:  # the first time this process shows cases: it asks before minutes of work
         assert "confirmed cases once" in texts(at.caption)
     build_similar(at)
     [result] = analyses(at)
     vote = next(m.value for m in at.markdown if m.value.startswith("Vote of the"))
     assert "agrees with the ensemble" in vote or f"differs from the ensemble's {result.label}" in vote
-    cases = similar_case_buttons(at)
-    assert len(cases) == 8 and all(b.label == "Analyse" for b in cases)
-    shown = [c for c in texts(at.caption).split(" | ") if " · similarity " in c]
-    assert len(shown) == 8 and all(c.startswith("**") for c in shown)
+    picker = case_picker(at)
+    assert picker.label == "Analyse one of these cases" and picker.value is None
+    cases = case_ids(picker)
+    assert len(cases) == 8 and [o.split(":")[0] for o in picker.options] == [str(i) for i in range(1, 9)]
+    table = next(m.value for m in at.markdown if m.value.startswith("| case |"))  # a column per case, numbered
+    assert table.splitlines()[0] == "| case | " + " | ".join(str(i) for i in range(1, 9)) + " |"
+    assert table.splitlines()[-1].startswith("| similarity |")
+    # the examples row, one numbered strip for the 8 cases, Grad-CAM and the outline: not an image per case
+    assert len(at.get("image")) == len(catalog.EXAMPLES) + 3
     lesion = data.load_table(data.TEST_SUBSET_DIR).set_index("image_id").loc[first, "lesion_id"]
     gallery_lesions = data.load_table(data.TEST_SUBSET_DIR).set_index("image_id")["lesion_id"]
-    assert all(gallery_lesions[case_id(b)] != lesion for b in cases)  # never the image's own lesion
+    assert all(gallery_lesions[c] != lesion for c in cases)  # never the image's own lesion
 
-    picked = case_id(cases[0])
-    cases[0].click().run()
+    picked = cases[0]
+    picker.set_value(picked).run()
     assert not at.exception
     assert at.text_input(key="ham_id").value == picked and len(analyses(at)) == 2
     assert f"ground truth for {picked}" in texts(at.info)
-    assert len(similar_case_buttons(at)) == 8  # the gallery is ready now: no second click
+    assert len(case_ids(case_picker(at))) == 8  # the gallery is ready now: no second click
 
 
 def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(runs_dir, small_gallery, monkeypatch):
@@ -288,11 +294,11 @@ def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(ru
     at = start_app()
     at.button(key=f"example_{catalog.EXAMPLES['MEL']}").click().run()
     assert "Not analysed" in texts(at.error)
-    assert "Similar confirmed cases" not in texts(at.markdown) and not similar_case_buttons(at)
+    assert "Similar confirmed cases" not in texts(at.markdown) and case_picker(at) is None
     override = next(t for t in at.toggle if t.label == "Show the models' guess anyway")
     override.set_value(True).run()
     build_similar(at)
-    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(similar_case_buttons(at)) == 8
+    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(case_ids(case_picker(at))) == 8
 
 
 def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, tiny_weights, small_gallery):
@@ -305,13 +311,13 @@ def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, t
     opened = explorer.images_in_cell(frame, model, true, pred)["image_id"].iloc[0]
     at.button(key=f"open_{opened}").click().run()
     build_similar(at)
-    cases = similar_case_buttons(at)
-    assert len(cases) == 8
-    # a row across the page: inside the image's detail column the 8 buttons were squeezed to "A"
+    picker = case_picker(at)
+    assert len(case_ids(picker)) == 8
+    # a row across the page, not squeezed into the image's detail column
     detail = next(c for c in at.columns if any(s.label == "Explain class" for s in c.selectbox))
-    assert not [b for b in detail.button if b.key and b.key.startswith("similar_")]
-    picked = case_id(cases[0])
-    cases[0].click().run()
+    assert not [b for b in detail.selectbox if b.key and b.key.startswith("similar_")]
+    picked = case_ids(picker)[0]
+    picker.set_value(picked).run()
     assert not at.exception
     assert at.text_input(key="ham_id").value == picked and f"ground truth for {picked}" in texts(at.info)
 
