@@ -28,13 +28,12 @@ def numbered(tile: np.ndarray, number: int) -> np.ndarray:
 
 
 def thumbnail(rgb: np.ndarray, tile_hw: tuple[int, int] = TILE_HW) -> np.ndarray:
-    """The image cropped to the tile's aspect around its centre and resized: no distortion, no border."""
-    h, w = rgb.shape[:2]
+    """The image cropped to the tile's aspect around its centre (the models' own crop) and resized: no distortion,
+    no border."""
+    from derm.pipeline import center_crop_to_aspect  # the app has loaded it by the time it shows similar cases
+
     th, tw = tile_hw
-    scale = max(th / h, tw / w)
-    ch, cw = min(h, round(th / scale)), min(w, round(tw / scale))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return cv2.resize(rgb[top:top + ch, left:left + cw], (tw, th), interpolation=cv2.INTER_AREA)
+    return cv2.resize(center_crop_to_aspect(rgb, tw / th), (tw, th), interpolation=cv2.INTER_AREA)
 
 
 def case_strip(paths: Sequence[str], tile_hw: tuple[int, int] = TILE_HW) -> np.ndarray:
