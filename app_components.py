@@ -312,17 +312,25 @@ def show_model_table(result: Result) -> None:
     st.caption(report.combination_caption(result))
 
 
+HEAT_MAP_OPACITY = {"faint": 0.25, "medium": 0.45, "strong": 0.7}
+DEFAULT_STRENGTH = "medium"
+
+
 def show_gradcam(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, prefix: str,
                  model_name: str | None = None, default_class: str | None = None
                  ) -> tuple[np.ndarray, report.GradcamChoice]:
-    """Grad-CAM overlay with a class picker (the predicted class by default) and an opacity slider; the
-    overlay and which class and slot it explains (for the download)."""
+    """Grad-CAM overlay with a class picker (the predicted class by default) and three strengths of the heat
+    map; the overlay and which class and slot it explains (for the download). Both pickers are rows of
+    buttons: lighter for the browser to draw than a drop-down list and a slider (bench/load.py)."""
     from derm import report
     from derm.explain import NOT_SEEN_NOTE, overlay_heatmap, seen_by_model
 
-    class_name = st.selectbox("Explain class", CLASSES, index=CLASSES.index(default_class or result.label),
-                              format_func=lambda c: f"{c}: {FULL_NAMES[c]}", key=f"{prefix}_cam_class_{key}")
-    opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key=f"{prefix}_opacity")
+    shown_first = default_class or result.label
+    class_name = st.segmented_control("Explain class", CLASSES, default=shown_first,
+                                      key=f"{prefix}_cam_class_{key}") or shown_first  # a second click unselects
+    strength = st.segmented_control("Heat map", list(HEAT_MAP_OPACITY), default=DEFAULT_STRENGTH,
+                                    key=f"{prefix}_opacity") or DEFAULT_STRENGTH
+    opacity = HEAT_MAP_OPACITY[strength]
     heat = heat_map(predictor, rgb, key, class_name, model_name)
     overlay = overlay_heatmap(rgb, heat, opacity)
     source = model_name or result.source[class_name]
@@ -416,11 +424,11 @@ def describe_vote(found: similar.SimilarCases, result: Result) -> str:
 
 
 def cases_table(shown: pd.DataFrame) -> pd.DataFrame:
-    """The shown cases' diagnosis, how it was confirmed and similarity, a column per case, numbered as on the
-    strip of thumbnails above it (image ids and full names are in the list that opens a case)."""
+    """The shown cases' image, diagnosis, how it was confirmed and similarity, a column per case, numbered as
+    on the strip of thumbnails above it and on the buttons that open a case."""
     import pandas as pd
 
-    rows = {"diagnosis": shown["dx"], "confirmed by": shown["dx_type"].map(lambda t: DX_TYPES_SHORT.get(t, t)),
+    rows = {"image": shown["image_id"], "diagnosis": shown["dx"], "confirmed by": shown["dx_type"].map(lambda t: DX_TYPES_SHORT.get(t, t)),
             "similarity": shown["similarity"].map(lambda v: f"{v:.2f}")}
     return pd.DataFrame({"case": list(rows), **{str(i + 1): [values.iloc[i] for values in rows.values()]
                                                   for i in range(len(shown))}})
@@ -443,18 +451,16 @@ def pick_case(widget_key: str, on_pick: Callable[[str], None]) -> None:
 
 def show_cases(shown: pd.DataFrame, key: str, on_pick: Callable[[str], None] | None) -> None:
     """The cases as one numbered strip of thumbnails, a table under it and, where a case can be opened, one
-    list to analyse it: three elements for the browser to draw instead of three per case."""
+    row of numbered buttons to analyse it: three elements for the browser to draw instead of three per case."""
     from derm import report
 
     st.image(case_strip_jpeg(tuple(shown["image_path"])), width="stretch")
     st.markdown(report.markdown_table(cases_table(shown)))
     if on_pick is not None and len(shown):
-        labels = {row.image_id: f"{rank}: {row.image_id}, {FULL_NAMES[row.dx]}, similarity {row.similarity:.2f}"
-                  for rank, row in enumerate(shown.itertuples(), start=1)}
+        rank = {image_id: str(number) for number, image_id in enumerate(shown["image_id"], start=1)}
         widget_key = f"similar_{key}"
-        st.selectbox("Analyse one of these cases", list(labels), index=None, format_func=labels.get,
-                     placeholder="Choose a case by its number", key=widget_key, on_change=pick_case,
-                     args=(widget_key, on_pick))
+        st.pills("Analyse one of these cases", list(rank), format_func=rank.get, key=widget_key,
+                 on_change=pick_case, args=(widget_key, on_pick))
 
 
 def show_similar(predictor: Predictor, rgb: np.ndarray, result: Result, key: str, mark: str = "",

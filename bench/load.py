@@ -6,7 +6,8 @@ on this machine, and each must see the answer its own photo gets when it is alon
 Starts `streamlit run streamlit_app.py` on a free loopback port (or uses --url), drives Debian's
 Chromium through Playwright (one browser, one isolated context per user), and prints per N the median
 over the repeats of the p50 and the max time to result: from the upload to the diagnosis, the Grad-CAM
-and the lesion outline on screen. Each user uploads a different 600x450 photo (a shipped test image
+and the lesion outline on screen; and the same for the whole page (down to the models' table, the similar
+cases and the downloads, which are drawn after the answer). Each user uploads a different 600x450 photo (a shipped test image
 scaled 3x, as users upload originals); its answer (headline, measurements, both overlays' pixels as
 served) is compared with the one the same photo got in a browser session of its own. Also printed: how many
 waiting users saw their place in line, and the server's peak memory (the app and its workers).
@@ -59,6 +60,12 @@ RESULT_SHOWN = """() => {
         && text.includes('Largest diameter')
         && imgs.length >= 2 && imgs.every(img => img.complete && img.naturalWidth > 0);
 }"""
+# The whole page: also the models' table, the similar cases and the downloads, down to the last line ("Models: ...").
+PAGE_SHOWN = """() => {
+    const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
+    return [...document.querySelectorAll('[data-testid="stCaptionContainer"]')].some(c => c.textContent.startsWith('Models: '))
+        && imgs.every(img => img.complete && img.naturalWidth > 0);
+}"""
 # What a user reads as their answer: headline, the tables (models, measurements), and the overlays' pixels (as served).
 ANSWER = """async () => {
     const headline = [...document.querySelectorAll('h3')].map(h => h.innerText).find(t => t.includes('Most likely')) || '';
@@ -79,6 +86,7 @@ ANSWER = """async () => {
 @dataclass
 class Outcome:
     seconds: float
+    page_seconds: float
     answer: str
     saw_line: bool
 
@@ -174,9 +182,11 @@ async def upload_and_wait(page, image: Path) -> Outcome:
     await page.locator("input[type=file]").set_input_files(str(image))
     await page.wait_for_function(RESULT_SHOWN, timeout=RESULT_TIMEOUT_MS, polling=100)
     seconds = time.perf_counter() - start
+    await page.wait_for_function(PAGE_SHOWN, timeout=RESULT_TIMEOUT_MS, polling=100)
+    page_seconds = time.perf_counter() - start
     errors = await page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]').count()
     answer = await page.evaluate(ANSWER)
-    return Outcome(seconds, answer + (f"\n{errors} errors on the page" if errors else ""),
+    return Outcome(seconds, page_seconds, answer + (f"\n{errors} errors on the page" if errors else ""),
                    await page.evaluate("window.__sawLine"))
 
 
@@ -201,7 +211,7 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
             print(f"alone: {len(alone)} photos, each in a browser session of its own", flush=True)
             ok = True
             for n in users:
-                p50s, maxes, own, saw, peaks = [], [], 0, 0, []
+                p50s, maxes, page_p50s, page_maxes, own, saw, peaks = [], [], [], [], 0, 0, []
                 for _ in range(repeats):
                     memory = PeakMemory(server_pid) if server_pid else None
                     outcomes = await sessions_at_once(browser, url, images[:n])
@@ -209,6 +219,8 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
                     times = [o.seconds for o in outcomes]
                     p50s.append(statistics.median(times))
                     maxes.append(max(times))
+                    page_p50s.append(statistics.median(o.page_seconds for o in outcomes))
+                    page_maxes.append(max(o.page_seconds for o in outcomes))
                     own += sum(o.answer == alone[image] for o, image in zip(outcomes, images[:n]))
                     saw += sum(o.saw_line for o in outcomes)
                     for o, image in zip(outcomes, images[:n]):
@@ -218,7 +230,8 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
                 ok &= own == n * repeats
                 memory_text = f", server memory peak {max(peaks):,.0f} MB" if server_pid else ""
                 print(f"users {n}: time to result p50 {statistics.median(p50s):.1f} s, max {statistics.median(maxes):.1f} s "
-                      f"(medians of {repeats}; worst max {max(maxes):.1f} s), own answer {own}/{n * repeats}, "
+                      f"(medians of {repeats}; worst max {max(maxes):.1f} s); whole page p50 {statistics.median(page_p50s):.1f} s, "
+                      f"max {statistics.median(page_maxes):.1f} s; own answer {own}/{n * repeats}, "
                       f"saw their place in line {saw}/{n * repeats}{memory_text}", flush=True)
             return ok
         finally:

@@ -113,8 +113,9 @@ def test_an_uploaded_photo_gets_probabilities_overlays_and_measurements(runs_dir
     assert at.download_button[0].label.startswith("Download result")
 
     # widget changes redraw from the browser session's cache: the models do not run again
-    at.slider(key="diagnose_opacity").set_value(0.9).run()
-    explain = next(s for s in at.selectbox if s.label == "Explain class")
+    at.segmented_control(key="diagnose_opacity").set_value("strong").run()
+    explain = next(s for s in at.segmented_control if s.label == "Explain class")
+    assert explain.value == result.label and explain.options == list(CLASSES)
     other = next(c for c in result.probabilities if c != result.label)
     explain.set_value(other).run()
     assert not at.exception and analyses(at)[0] is result
@@ -236,12 +237,15 @@ def small_gallery(no_dataset, tmp_path, monkeypatch) -> None:
 
 
 def case_picker(at: AppTest):
-    """The list that analyses one of the similar cases (key similar_<image key>), or None."""
-    return next((b for b in at.selectbox if b.key and b.key.startswith("similar_")), None)
+    """The numbered buttons that analyse one of the similar cases (key similar_<image key>), or None."""
+    return next((b for b in at.pills if b.key and b.key.startswith("similar_")), None)
 
 
-def case_ids(picker) -> list[str]:
-    return [option.split(": ", 1)[1].split(",")[0] for option in picker.options]  # "1: ISIC_0024306, Melanoma, ..."
+def case_ids(at: AppTest) -> list[str]:
+    """The similar cases' image ids in their numbered order: the table's image row."""
+    table = next(m.value for m in at.markdown if m.value.startswith("| case |"))
+    row = next(line for line in table.splitlines() if line.startswith("| image |"))
+    return [cell.strip() for cell in row.strip().strip("|").split("|")[1:]]
 
 
 def build_similar(at: AppTest) -> AppTest:
@@ -265,8 +269,8 @@ def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir
     assert "agrees with the ensemble" in vote or f"differs from the ensemble's {result.label}" in vote
     picker = case_picker(at)
     assert picker.label == "Analyse one of these cases" and picker.value is None
-    cases = case_ids(picker)
-    assert len(cases) == 8 and [o.split(":")[0] for o in picker.options] == [str(i) for i in range(1, 9)]
+    cases = case_ids(at)
+    assert len(cases) == 8 and picker.options == [str(i) for i in range(1, 9)]
     table = next(m.value for m in at.markdown if m.value.startswith("| case |"))  # a column per case, numbered
     assert table.splitlines()[0] == "| case | " + " | ".join(str(i) for i in range(1, 9)) + " |"
     assert table.splitlines()[-1].startswith("| similarity |")
@@ -281,7 +285,7 @@ def test_similar_cases_sit_under_the_diagnosis_and_a_click_analyses_one(runs_dir
     assert not at.exception
     assert at.text_input(key="ham_id").value == picked and len(analyses(at)) == 2
     assert f"ground truth for {picked}" in texts(at.info)
-    assert len(case_ids(case_picker(at))) == 8  # the gallery is ready now: no second click
+    assert len(case_ids(at)) == 8 and case_picker(at) is not None  # the gallery is ready now: no second click
 
 
 def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(runs_dir, small_gallery, monkeypatch):
@@ -298,7 +302,7 @@ def test_a_refused_image_shows_similar_cases_only_once_the_guess_is_asked_for(ru
     override = next(t for t in at.toggle if t.label == "Show the models' guess anyway")
     override.set_value(True).run()
     build_similar(at)
-    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(case_ids(case_picker(at))) == 8
+    assert "Similar confirmed cases (unreliable)" in texts(at.markdown) and len(case_ids(at)) == 8
 
 
 def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, tiny_weights, small_gallery):
@@ -312,11 +316,11 @@ def test_the_explorer_shows_similar_cases_and_a_click_opens_diagnose(runs_dir, t
     at.button(key=f"open_{opened}").click().run()
     build_similar(at)
     picker = case_picker(at)
-    assert len(case_ids(picker)) == 8
+    assert len(case_ids(at)) == 8 and picker.options == [str(i) for i in range(1, 9)]
     # a row across the page, not squeezed into the image's detail column
-    detail = next(c for c in at.columns if any(s.label == "Explain class" for s in c.selectbox))
-    assert not [b for b in detail.selectbox if b.key and b.key.startswith("similar_")]
-    picked = case_ids(picker)[0]
+    detail = next(c for c in at.columns if any(s.label == "Explain class" for s in c.get("button_group")))
+    assert not [b for b in detail.get("button_group") if b.key and b.key.startswith("similar_")]
+    picked = case_ids(at)[0]
     picker.set_value(picked).run()
     assert not at.exception
     assert at.text_input(key="ham_id").value == picked and f"ground truth for {picked}" in texts(at.info)

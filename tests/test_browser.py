@@ -169,13 +169,11 @@ def test_a_similar_case_click_analyses_that_case_in_a_real_browser(app_url, tiny
         vote.wait_for(timeout=WAIT_MS)
         wait_for_loaded_images(page, len(CLASSES) + 1)  # the examples row, then the strip of the 8 similar cases
         expect(page.get_by_text(re.compile("^Models: "))).to_be_visible(timeout=WAIT_MS)  # the page's last line
-        picker = page.get_by_role("combobox", name="Analyse one of these cases")
-        picker.scroll_into_view_if_needed()  # a list opened while the page still scrolls closes again at once
-        page.wait_for_timeout(300)
-        picker.click()
-        options = page.get_by_role("option")
-        expect(options).to_have_count(8, timeout=WAIT_MS)
-        options.filter(has_text=f"1: {expected},").click()  # the most similar case
+        table = page.locator("table").filter(has_text="similarity")  # a column per case, numbered
+        expect(table.locator("tr").filter(has_text="image").locator("td").nth(1)).to_have_text(expected)
+        picker = page.get_by_role("radiogroup", name="Analyse one of these cases")  # a row of numbered pills
+        expect(picker.get_by_role("radio")).to_have_count(8)
+        picker.get_by_role("radio", name="1", exact=True).click()  # the most similar case
         expect(page.get_by_text(f"HAM10000 ground truth for {expected}")).to_be_visible(timeout=WAIT_MS)
         expect(page.locator('[data-testid="stException"]')).to_have_count(0)
         page.screenshot(path=str(screenshot), full_page=True)
