@@ -428,7 +428,8 @@ def cases_table(shown: pd.DataFrame) -> pd.DataFrame:
     on the strip of thumbnails above it and on the buttons that open a case."""
     import pandas as pd
 
-    rows = {"image": shown["image_id"], "diagnosis": shown["dx"], "confirmed by": shown["dx_type"].map(lambda t: DX_TYPES_SHORT.get(t, t)),
+    rows = {"image": shown["image_id"], "diagnosis": shown["dx"],
+            "confirmed by": shown["dx_type"].map(lambda t: DX_TYPES_SHORT.get(t, t)),
             "similarity": shown["similarity"].map(lambda v: f"{v:.2f}")}
     return pd.DataFrame({"case": list(rows), **{str(i + 1): [values.iloc[i] for values in rows.values()]
                                                   for i in range(len(shown))}})

@@ -7,8 +7,8 @@ Starts `streamlit run streamlit_app.py` on a free loopback port (or uses --url),
 Chromium through Playwright (one browser, one isolated context per user), and prints per N the median
 over the repeats of the p50 and the max time to result: from the upload to the diagnosis, the Grad-CAM
 and the lesion outline on screen; and the same for the whole page (down to the models' table, the similar
-cases and the downloads, which are drawn after the answer). Each user uploads a different 600x450 photo (a shipped test image
-scaled 3x, as users upload originals); its answer (headline, measurements, both overlays' pixels as
+cases and the downloads, which are drawn after the answer). Each user uploads a different 600x450 photo (a
+shipped test image scaled 3x, as users upload originals); its answer (headline, measurements, both overlays' pixels as
 served) is compared with the one the same photo got in a browser session of its own. Also printed: how many
 waiting users saw their place in line, and the server's peak memory (the app and its workers).
 Everything runs on loopback and stops by itself.
@@ -63,7 +63,8 @@ RESULT_SHOWN = """() => {
 # The whole page: also the models' table, the similar cases and the downloads, down to the last line ("Models: ...").
 PAGE_SHOWN = """() => {
     const imgs = [...document.querySelectorAll('[data-testid="stImage"] img')];
-    return [...document.querySelectorAll('[data-testid="stCaptionContainer"]')].some(c => c.textContent.startsWith('Models: '))
+    const captions = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')];
+    return captions.some(c => c.textContent.startsWith('Models: '))
         && imgs.every(img => img.complete && img.naturalWidth > 0);
 }"""
 # What a user reads as their answer: headline, the tables (models, measurements), and the overlays' pixels (as served).
@@ -230,8 +231,9 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
                 ok &= own == n * repeats
                 memory_text = f", server memory peak {max(peaks):,.0f} MB" if server_pid else ""
                 print(f"users {n}: time to result p50 {statistics.median(p50s):.1f} s, max {statistics.median(maxes):.1f} s "
-                      f"(medians of {repeats}; worst max {max(maxes):.1f} s); whole page p50 {statistics.median(page_p50s):.1f} s, "
-                      f"max {statistics.median(page_maxes):.1f} s; own answer {own}/{n * repeats}, "
+                      f"(medians of {repeats}; worst max {max(maxes):.1f} s); "
+                      f"whole page p50 {statistics.median(page_p50s):.1f} s, max {statistics.median(page_maxes):.1f} s; "
+                      f"own answer {own}/{n * repeats}, "
                       f"saw their place in line {saw}/{n * repeats}{memory_text}", flush=True)
             return ok
         finally:
