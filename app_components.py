@@ -291,23 +291,17 @@ def show_ground_truth(row: pd.Series) -> None:
             f"diagnosis confirmed by {how}.")
 
 
-def show_probabilities(result: Result) -> None:
-    """One bar per class, most likely first. Streamlit's own bars, not a chart: loading a chart library
-    cost each browser about a second of CPU per result, which several users at once on one machine wait for."""
+def show_probabilities(result: Result, mark: str = "") -> None:
+    """One table, most likely class first: the ensemble's probability with a bar, the mix of slots behind it and
+    each slot's own probability. One element instead of a bar per class and a second table: every element costs
+    each browser a redraw, which several users at once on one machine wait for (bench/load.py)."""
     from derm import report
 
-    table = report.probability_table(result)
-    for code, name, p in zip(table["class"], table["name"], table["probability"]):
-        st.progress(min(max(float(p), 0.0), 1.0), text=f"**{p:.1%}** {name} ({code})")
-
-
-def show_model_table(result: Result) -> None:
-    """Per class: the slots' weights, the ensemble's and each slot's probability (a Markdown table: no data grid)."""
-    from derm import report
-
-    table = report.model_table(result)
-    for column in table.columns[2:]:  # after class and weights: probabilities
+    table = report.ranked_model_table(result)
+    table["ensemble"] = [f"{p:.1%} {report.text_bar(p)}" for p in table["ensemble"]]
+    for column in result.per_model:
         table[column] = [f"{p:.1%}" for p in table[column]]
+    st.markdown(f"**Ensemble probabilities, and which model answers each class{mark}**")
     st.markdown(report.markdown_table(table))
     st.caption(report.combination_caption(result))
 
@@ -520,10 +514,7 @@ def show_analysis(predictor: Predictor, rgb: np.ndarray, name: str, truth: pd.Se
         show_prediction_set(predictor, result, mark)
     show_triage(predictor, result, mark)
     show_warnings(result)
-    st.markdown(f"**Ensemble probabilities{mark}**")
-    show_probabilities(result)
-    st.markdown(f"**Which model answers each class{mark}**")  # the page's width: the table has a column per slot
-    show_model_table(result)
+    show_probabilities(result, mark)
     found = show_similar(predictor, rgb, result, key, mark, None if truth is None else str(truth["lesion_id"]),
                          on_pick)
     left, right = st.columns(2)

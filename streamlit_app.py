@@ -10,6 +10,10 @@ import app_components as ui
 from derm.weights import default_weights_dir
 
 st.set_page_config(page_title="derm: skin lesion research demo", page_icon=":material/dermatology:", layout="wide")
+# While a page runs, Streamlit's corner shows a running figure that JavaScript redraws several times a second, in
+# every waiting browser (bench/load.py: several users at once on one machine). A still "Running…" instead.
+st.html('<style>[data-testid="stStatusWidgetRunningIcon"] {display: none} [data-testid="stStatusWidget"] > div::before '
+        '{content: "Running…"; font-size: 0.875rem; margin-right: 0.5rem; white-space: nowrap}</style>')
 
 
 def show_weights_in_sidebar() -> None:

@@ -48,6 +48,20 @@ def model_table(result: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ranked_model_table(result: Result) -> pd.DataFrame:
+    """model_table with each class's full name, most likely class first, the slots' mix last: the app's one table
+    of probabilities."""
+    table = model_table(result)
+    table.insert(1, "diagnosis", [FULL_NAMES[c] for c in table["class"]])
+    table["weights"] = table.pop("weights")  # last: the probabilities side by side
+    return table.sort_values("ensemble", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def text_bar(p: float, width: int = 10) -> str:
+    """A probability as a bar of block characters inside a table cell ('' below half a block)."""
+    return "█" * round(min(max(p, 0.0), 1.0) * width)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """A small table as Markdown, which the app draws as plain HTML: Streamlit's data grid and Arrow tables
     cost each browser about 1.9 MB of JavaScript to parse at its first result, a second of CPU."""

@@ -98,15 +98,16 @@ def test_an_uploaded_photo_gets_probabilities_overlays_and_measurements(runs_dir
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
     assert at.subheader[0].value == (f"Most likely: {FULL_NAMES[result.label]} ({result.label}), "
                                      f"{result.confidence:.0%}")
-    bars = [bar.proto.text for bar in at.get("progress")  # one per class, most likely first
-            if any(bar.proto.text.endswith(f"({c})") for c in CLASSES)]
-    assert [b.split("**")[1] for b in bars] == [f"{p:.1%}" for p in sorted(result.probabilities.values(), reverse=True)]
-    assert bars[0].endswith(f"{FULL_NAMES[result.label]} ({result.label})")
+    table = next(m.value for m in at.markdown if m.value.startswith("| class | diagnosis | ensemble |"))
+    header, _, *lines = table.splitlines()
+    rows = [line.split(" | ") for line in lines]  # one per class, most likely first
+    assert rows[0][0] == f"| {result.label}" and sorted(r[0].strip("| ") for r in rows) == sorted(CLASSES)
+    assert [r[2].split()[0] for r in rows] == [f"{p:.1%}" for p in sorted(result.probabilities.values(), reverse=True)]
+    assert rows[0][1] == FULL_NAMES[result.label] and rows[0][2].endswith(" " + "█" * round(result.confidence * 10))
+    assert all(f" | {name} |" in header for name in result.per_model)  # each slot's own probability
     assert any(c.startswith("Grad-CAM of") for c in captions(at)) and "U-Net lesion outline" in captions(at)
     measures = next(m.value for m in at.markdown if m.value.startswith("| measure |"))  # drawn as plain HTML
     assert f"| Area | {result.lesion['area_px']:,} px (" in measures and "| Largest diameter |" in measures
-    models = next(m.value for m in at.markdown if m.value.startswith("| class | weights | ensemble |"))
-    assert f"| {result.label} | " in models and f" | {result.probabilities[result.label]:.1%} |" in models
     assert "no physical scale" in texts(at.caption) and "not a diagnosis" in texts(at.markdown)
     # the page's warnings are the result's, plus the malignancy triage's flag where the image is flagged
     assert [w.value for w in at.warning if "Research demo: not medical advice" not in w.value] == result.warnings

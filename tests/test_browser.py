@@ -87,6 +87,13 @@ def test_upload_in_a_real_browser_shows_the_diagnosis_and_overlays(app_url, orig
         page.goto(app_url)
         page.get_by_role("heading", name="Diagnose a lesion photo").wait_for(timeout=WAIT_MS)
         page.locator("input[type=file]").set_input_files(str(original_image))
+        # while the models start (seconds), the corner says "Running…" in still text, the running figure hidden
+        running = page.wait_for_function("""() => {
+            const box = document.querySelector('[data-testid="stStatusWidget"] > div');
+            const figure = document.querySelector('[data-testid="stStatusWidgetRunningIcon"]');
+            return box && figure && [getComputedStyle(box, '::before').content, getComputedStyle(figure).display];
+        }""", timeout=WAIT_MS).json_value()
+        assert running == ['"Running…"', "none"]
         page.get_by_text("Most likely:").wait_for(timeout=WAIT_MS)
         wait_for_loaded_images(page, 2)
         expect(page.get_by_text("U-Net lesion outline")).to_be_visible(timeout=WAIT_MS)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from derm import report
-from derm.classes import CLASSES
+from derm.classes import CLASSES, FULL_NAMES
 from derm.explain import overlay_mask
 from derm.imageio import load_image
 from derm.pipeline import Predictor
@@ -26,6 +26,17 @@ def test_probability_table_is_sorted_and_complete(analysed):
     assert sorted(table["class"]) == sorted(CLASSES)
     assert table["probability"].is_monotonic_decreasing
     assert table["probability"].sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_ranked_model_table_puts_the_most_likely_class_first_with_its_name(analysed):
+    _, result = analysed
+    table = report.ranked_model_table(result)
+    assert list(table.columns) == ["class", "diagnosis", "ensemble", *result.per_model, "weights"]
+    assert len(table) == len(CLASSES)
+    assert table["ensemble"].is_monotonic_decreasing and table["class"][0] == result.label
+    assert table["diagnosis"][0] == FULL_NAMES[result.label]
+    assert report.text_bar(1.0) == "█" * 10 and report.text_bar(0.5, width=20) == "█" * 10
+    assert report.text_bar(0.04) == "" and report.text_bar(1.7, width=4) == "████"
 
 
 def test_model_table_shows_each_models_own_scores_and_the_mix(analysed):
