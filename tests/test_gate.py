@@ -14,7 +14,6 @@ import torch
 import pytest
 from PIL import Image
 
-from derm.classes import CLASSES
 from derm.gate import domain as gate
 from derm.gate import negatives
 from derm.gate import net as gate_net
@@ -202,11 +201,10 @@ def test_gate_check_reports_refused_share(tmp_path, capsys):
     assert main(["gate-check", "--set", "no-such-set", "--weights", str(SHIPPED)]) == 2
 
 
-def probability_bars(at) -> list[str]:
-    """The Diagnose page's probability bars ('**12.3%** Melanoma (MEL)'), not other progress bars (the
-    similar-case gallery's)."""
-    return [bar.proto.text for bar in at.get("progress")
-            if any(bar.proto.text.endswith(f"({c})") for c in CLASSES)]
+def probability_rows(at) -> list[str]:
+    """The class rows of the Diagnose page's probability table ('| MEL | Melanoma | 12.3% █ | ...')."""
+    tables = [m.value for m in at.markdown if m.value.startswith("| class | diagnosis | ensemble |")]
+    return [row for table in tables for row in table.splitlines()[2:]]
 
 
 def test_diagnose_page_leads_with_the_refusal_and_offers_the_guess(monkeypatch):
@@ -221,14 +219,15 @@ def test_diagnose_page_leads_with_the_refusal_and_offers_the_guess(monkeypatch):
     assert not at.exception, at.exception
     assert any("Not analysed" in e.value for e in at.error)
     assert not any("Most likely" in s.value or "Unreliable guess" in s.value for s in at.subheader)
-    assert not probability_bars(at)  # no probability bars before the user asks
+    assert not probability_rows(at)  # no probabilities before the user asks
     toggle = [t for t in at.toggle if t.label == "Show the models' guess anyway"]
     assert len(toggle) == 1
     toggle[0].set_value(True).run()
     assert not at.exception, at.exception
     assert any(s.value.startswith("Unreliable guess") for s in at.subheader)
     assert any("Unreliable" in w.value for w in at.warning)
-    assert len(probability_bars(at)) == 7  # then the probability bars, one per class
+    assert len(probability_rows(at)) == 7  # then the probabilities, one row per class, marked unreliable
+    assert any(m.value.endswith("which model answers each class (unreliable)**") for m in at.markdown)
 
 
 def test_each_dermoscopic_source_keeps_its_share():
