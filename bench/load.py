@@ -230,9 +230,10 @@ async def measure(url: str, users: list[int], repeats: int, images: list[Path], 
                                   f"{alone[image]}", flush=True)
                 ok &= own == n * repeats
                 memory_text = f", server memory peak {max(peaks):,.0f} MB" if server_pid else ""
-                print(f"users {n}: time to result p50 {statistics.median(p50s):.1f} s, max {statistics.median(maxes):.1f} s "
-                      f"(medians of {repeats}; worst max {max(maxes):.1f} s); "
-                      f"whole page p50 {statistics.median(page_p50s):.1f} s, max {statistics.median(page_maxes):.1f} s; "
+                print(f"users {n}: time to result p50 {statistics.median(p50s):.1f} s, "
+                      f"max {statistics.median(maxes):.1f} s (medians of {repeats}; worst max {max(maxes):.1f} s); "
+                      f"whole page p50 {statistics.median(page_p50s):.1f} s, "
+                      f"max {statistics.median(page_maxes):.1f} s; "
                       f"own answer {own}/{n * repeats}, "
                       f"saw their place in line {saw}/{n * repeats}{memory_text}", flush=True)
             return ok

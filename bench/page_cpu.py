@@ -5,9 +5,9 @@ inference workers. Several users at once on one machine share the cores, so thes
 
 Starts `streamlit run streamlit_app.py` on a free loopback port, and for each of `--results` shipped test
 images opens the Diagnose page in a fresh browser context (Debian's Chromium through Playwright), uploads
-the image and waits for the whole page ("Models: ..." drawn). Each process tree's CPU time (Linux /proc) is
-read before the upload and a second after the page is complete; printed are the medians per result, after
-two warm-up results.
+the image and waits for the whole page (bench/load.py's PAGE_SHOWN: "Models: ..." drawn, every image
+decoded). Each process tree's CPU time (Linux /proc) is read before the upload and a second after the page
+is complete; printed are the medians per result, after two warm-up results.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from derm import data  # noqa: E402
-from derm.local_app import CHROMIUM, CHROMIUM_ARGS, free_port, start_app, stop_group, wait_for_http  # noqa: E402
+from load import PAGE_SHOWN, Server  # noqa: E402  (bench/load.py: the same server and the same "whole page")
 
-PAGE_DONE = ("() => document.body.textContent.includes('Largest diameter') && "
-             "[...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
-             ".some(c => c.textContent.startsWith('Models: '))")
+from derm import data  # noqa: E402
+from derm.local_app import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 SIDES = {"browser": ("chrom",), "server": ("streamlit",), "workers": ("derm.serving",)}
 
 
@@ -58,7 +58,7 @@ async def one_result(browser, url: str, image: Path) -> dict[str, float]:
     await page.wait_for_timeout(1500)  # the first page settled
     before = cpu_seconds()
     await page.locator("input[type=file]").set_input_files(str(image))
-    await page.wait_for_function(PAGE_DONE, timeout=120_000, polling=100)
+    await page.wait_for_function(PAGE_SHOWN, timeout=120_000, polling=100)
     await page.wait_for_timeout(1000)  # what the browser still does after the last element arrived
     after = cpu_seconds()
     await context.close()
@@ -69,17 +69,15 @@ async def measure(results: int) -> None:
     from playwright.async_api import async_playwright
 
     images = sorted((data.TEST_SUBSET_DIR / "images").glob("*.jpg"))[:results + 2]
-    port = free_port()
-    process = start_app(port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url, process, 120)
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            costs = [await one_result(browser, url, image) for image in images]
-            await browser.close()
-    finally:
-        stop_group(process)
+    with tempfile.TemporaryDirectory() as folder:
+        server = Server(Path(folder) / "streamlit.log")
+        try:
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                costs = [await one_result(browser, server.url, image) for image in images]
+                await browser.close()
+        finally:
+            server.stop()
     measured = costs[2:]
     print(f"CPU seconds per result (median of {len(measured)}): "
           + ", ".join(f"{side} {statistics.median(c[side] for c in measured):.2f}" for side in SIDES))
